@@ -1,0 +1,7 @@
+"""brs-detr: bucketed ranking-based losses and BRS-DETR on mmdet 3.x.
+
+Importing the package registers its modules in mmdet's registries (``custom_imports=dict(imports=['brs_detr'])``).
+"""
+from .version import __version__
+
+__all__ = ['__version__']
