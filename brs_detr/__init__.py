@@ -3,5 +3,6 @@
 Importing the package registers its modules in mmdet's registries (``custom_imports=dict(imports=['brs_detr'])``).
 """
 from .version import __version__
+from . import models  # noqa: F401  (registers the modules)
 
-__all__ = ['__version__']
+__all__ = ['__version__', 'models']

@@ -1,0 +1,206 @@
+"""Common machinery of the ranking-based losses: input contract, autograd function and module base class."""
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .ranking_core import (NEGATIVE_METHODS, NegativeRanker, positive_ranks, smoothed_step,
+                           sorting_error_and_grad, sorting_error_and_grad_pairwise)
+
+#: Default cap on the number of pairwise elements held at once (|rows| x |cols|), about 32 MB in float64.
+DEFAULT_BLOCK_ELEMENTS = 1 << 22
+
+
+def _accumulation_dtype(logits: Tensor) -> torch.dtype:
+    """Statistics are accumulated in float64 (prefix sums over up to millions of values); MPS lacks float64."""
+    return torch.float32 if logits.device.type == 'mps' else torch.float64
+
+
+class _RankingLossFunction(torch.autograd.Function):
+    """Ranking loss whose backward returns the identity-update gradients (Eq. 7-8) instead of autograd's.
+
+    Returns two scalars, the ranking and the sorting loss; each has its own gradient, and the backward
+    combines them with their own incoming gradients (the published code used only the first one).
+    """
+
+    @staticmethod
+    def forward(ctx, logits: Tensor, targets: Tensor, loss: 'RankingLoss') -> Tuple[Tensor, Tensor]:
+        out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        with torch.autocast(device_type=logits.device.type, enabled=False):
+            result = loss.compute(logits.detach(), targets.detach())
+        rank_loss, sort_loss, pos_idx, pos_rank_grad, pos_sort_grad, neg_idx, neg_grad = result
+        ctx.save_for_backward(pos_idx, pos_rank_grad, pos_sort_grad, neg_idx, neg_grad)
+        return rank_loss.to(out_dtype), sort_loss.to(out_dtype)
+
+    @staticmethod
+    def backward(ctx, grad_rank: Tensor, grad_sort: Tensor) -> Tuple[Optional[Tensor], None, None]:
+        pos_idx, pos_rank_grad, pos_sort_grad, neg_idx, neg_grad = ctx.saved_tensors
+        grad = torch.zeros(ctx.logits_shape, dtype=pos_rank_grad.dtype, device=pos_rank_grad.device)
+        grad_rank = grad_rank.to(grad.dtype)
+        grad_sort = grad_sort.to(grad.dtype)
+        grad[pos_idx] = pos_rank_grad * grad_rank + pos_sort_grad * grad_sort
+        grad[neg_idx] = neg_grad * grad_rank
+        return grad.to(ctx.logits_dtype), None, None
+
+
+class RankingLoss(nn.Module):
+    """Base class of AP, RS and their bucketed versions (BRS paper Sec. 3-4).
+
+    Contract: called with 1-D ``logits`` and ``targets`` of equal length. ``targets > 0`` marks a positive
+    (its IoU for RS/BRS, any positive value for AP/BAP, where it is treated as 1), ``0`` a negative and ``< 0``
+    an ignored example. Returns ``{'loss_rank': ...}`` (plus ``'loss_sort'`` for RS/BRS): scalars multiplied
+    by ``loss_weight``. Backward gives the identity-update gradients; each output has its own.
+
+    A positive must have a target strictly greater than 0: a head whose positive box has IoU 0 with its ground
+    truth keeps it positive by clamping its target to a small value (see
+    :func:`brs_detr.models.losses.ranking_targets`), so it is never silently turned into a negative.
+
+    Args:
+        delta (float): Smoothing of the step function (Eq. 2); ``0`` gives the hard step.
+        loss_weight (float): Multiplier of every returned loss.
+        method (str): How negatives are handled: ``'bucketed'`` (prototypes of the ``|P| + 1`` buckets,
+            Sec. 4.1), ``'exact'`` (exact loss from prefix sums, ``O(N log P)``) or ``'pairwise'`` (blocked
+            ``O(P N)`` computation, the cost profile of the published losses).
+        with_sort (bool): Add the RS sorting error (Eq. 10-11).
+        interpolated (bool): AP only: interpolate precision (running maximum over lower-ranked positives,
+            a positive counts itself as 1), as the AP loss released with aLRP/RS does.
+        block_elements (int): Largest number of pairwise elements held at once by the blocked parts.
+        eps (float): A positive spreads its error only when its pmf denominator exceeds ``eps``.
+    """
+
+    #: Name used in error messages.
+    loss_name = 'RankingLoss'
+
+    def __init__(self, delta: float, loss_weight: float = 1.0, method: str = 'exact', with_sort: bool = False,
+                 interpolated: bool = False, block_elements: int = DEFAULT_BLOCK_ELEMENTS,
+                 eps: float = 1e-10) -> None:
+        super().__init__()
+        if delta < 0:
+            raise ValueError(f'{self.loss_name}: delta must be >= 0, got {delta}')
+        if method not in NEGATIVE_METHODS:
+            raise ValueError(f'{self.loss_name}: method must be one of {NEGATIVE_METHODS}, got {method!r}')
+        if interpolated and with_sort:
+            raise ValueError(f'{self.loss_name}: interpolated precision is defined for the AP loss only')
+        if block_elements < 1:
+            raise ValueError(f'{self.loss_name}: block_elements must be positive, got {block_elements}')
+        self.delta = float(delta)
+        self.loss_weight = loss_weight
+        self.method = method
+        self.with_sort = with_sort
+        self.interpolated = interpolated
+        self.block_elements = int(block_elements)
+        self.eps = eps
+
+    def extra_repr(self) -> str:
+        return (f'delta={self.delta}, loss_weight={self.loss_weight}, method={self.method!r}'
+                + (', interpolated=True' if self.interpolated else ''))
+
+    def _check_inputs(self, logits: Tensor, targets: Tensor) -> None:
+        if logits.dim() != 1 or targets.dim() != 1 or logits.shape != targets.shape:
+            raise ValueError(f'{self.loss_name}: expected 1-D logits and targets of equal length, got logits of '
+                             f'shape {tuple(logits.shape)} and targets of shape {tuple(targets.shape)}')
+        if not logits.is_floating_point():
+            raise TypeError(f'{self.loss_name}: logits must be floating point, got {logits.dtype}')
+        if logits.device != targets.device:
+            raise ValueError(f'{self.loss_name}: logits on {logits.device} but targets on {targets.device}')
+        if logits.numel() == 0:
+            return
+        # min/max propagate NaN and expose +-Inf: one reduction pass instead of an elementwise isfinite mask
+        lo, hi = logits.aminmax()
+        if not bool(torch.isfinite(lo) & torch.isfinite(hi)):
+            bad = int((~torch.isfinite(logits)).sum())
+            raise FloatingPointError(f'{self.loss_name}: {bad} of {logits.numel()} logits are NaN or Inf; refusing '
+                                     f'to compute a ranking loss on them')
+        t_lo, t_hi = targets.aminmax()
+        if bool(torch.isnan(t_lo) | torch.isnan(t_hi)):
+            bad = int(torch.isnan(targets).sum())
+            raise FloatingPointError(f'{self.loss_name}: {bad} of {targets.numel()} targets are NaN')
+        if self.with_sort and bool(t_hi > 1):
+            raise ValueError(f'{self.loss_name}: positive targets are IoUs and must lie in (0, 1], got a maximum '
+                             f'of {float(t_hi)}')
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Dict[str, Tensor]:
+        """Compute the losses.
+
+        Args:
+            logits (Tensor): Classification logits, shape (M,).
+            targets (Tensor): Targets, shape (M,): > 0 positive, 0 negative, < 0 ignored.
+
+        Returns:
+            dict[str, Tensor]: ``loss_rank`` (and ``loss_sort`` when ``with_sort``), scalars.
+        """
+        self._check_inputs(logits, targets)
+        rank_loss, sort_loss = _RankingLossFunction.apply(logits, targets.to(logits.dtype), self)
+        losses = {'loss_rank': rank_loss * self.loss_weight}
+        if self.with_sort:
+            losses['loss_sort'] = sort_loss * self.loss_weight
+        return losses
+
+    def compute(self, logits: Tensor, targets: Tensor) -> Tuple[Tensor, ...]:
+        """Losses and identity-update gradients without autograd.
+
+        Args:
+            logits (Tensor): Logits (M,), finite.
+            targets (Tensor): Targets (M,).
+
+        Returns:
+            tuple: ``(rank_loss, sort_loss, pos_idx, pos_rank_grad, pos_sort_grad, neg_idx, neg_grad)``: the two
+            scalar losses (before ``loss_weight``), the indices of the positives (P,) and their gradients of the
+            ranking and sorting losses, the indices of the relevant negatives (N,) and their gradients. Gradients
+            are float32 (float64 for float64 logits), already divided by ``|P|``; backward casts them to the
+            logits' dtype.
+        """
+        acc = _accumulation_dtype(logits)
+        pos_idx = torch.nonzero(targets > 0).squeeze(1)
+        num_pos = pos_idx.numel()
+        if num_pos == 0:
+            empty = logits.new_zeros(0, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
+            zero = logits.new_zeros((), dtype=acc)
+            return zero, zero, pos_idx, empty, empty, pos_idx, empty
+        work = torch.float64 if logits.dtype == torch.float64 else torch.float32  # dtype of the N-sized work
+        logits = logits.to(work)
+        pos_logits = logits.index_select(0, pos_idx)
+        pos = pos_logits.to(acc)
+        pos_sorted, order = torch.sort(pos, stable=True)
+        threshold = pos_logits.min() - self.delta  # in the negatives' dtype, like every comparison with them
+        neg_idx = torch.nonzero((logits >= threshold) & (targets == 0)).squeeze(1)
+        neg = logits.index_select(0, neg_idx)
+
+        ranker = NegativeRanker(pos_sorted, neg, threshold, self.delta, self.method, self.block_elements)
+        num_fp = ranker.false_positives()
+        rank_pos = positive_ranks(pos_sorted, self.delta)
+        has_fp = num_fp > self.eps
+        if self.interpolated:
+            # a positive counts itself as 1 and precision is the running maximum over lower-ranked positives
+            rank_pos = rank_pos - float(smoothed_step(torch.zeros(()), self.delta)) + 1
+            rank = rank_pos + num_fp
+            precision = rank_pos / rank
+            best = torch.cummax(precision, 0).values  # ascending logits: positions at or below i
+            error = 1 - best
+            scale = torch.where(precision >= best, torch.ones_like(best),
+                                error / (1 - precision).clamp_min(self.eps))
+            spread = torch.where(has_fp, scale / rank, torch.zeros_like(rank))
+        else:
+            rank = rank_pos + num_fp
+            error = num_fp / rank
+            spread = torch.where(has_fp, 1 / rank, torch.zeros_like(rank))
+        neg_grad = ranker.spread(spread / num_pos)
+        pos_rank_grad_sorted = -error / num_pos
+        rank_loss = error.mean()
+
+        pos_rank_grad = torch.empty_like(pos_rank_grad_sorted).scatter_(0, order, pos_rank_grad_sorted)
+        if self.with_sort:
+            pos_targets = targets.index_select(0, pos_idx).to(acc)
+            if self.method == 'pairwise':
+                sort_error, sort_grad = sorting_error_and_grad_pairwise(pos, pos_targets, self.delta,
+                                                                        self.block_elements, self.eps)
+            else:
+                sort_error, sort_grad = sorting_error_and_grad(pos, pos_targets, self.delta, self.eps)
+            sort_loss = sort_error.mean()
+            pos_sort_grad = sort_grad / num_pos
+        else:
+            sort_loss = rank_loss.new_zeros(())
+            pos_sort_grad = torch.zeros_like(pos_rank_grad)
+        return (rank_loss, sort_loss, pos_idx, pos_rank_grad.to(work), pos_sort_grad.to(work), neg_idx,
+                neg_grad)

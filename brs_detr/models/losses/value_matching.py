@@ -1,0 +1,61 @@
+"""Value-matched ("dynamic") weighting of box losses (BRS paper Eq. 17, following RS loss)."""
+from typing import Optional
+
+import torch
+from torch import Tensor
+
+#: Floor of a box loss in the weight's denominator.
+DEFAULT_EPS = 1e-12
+
+
+def value_matched_weight(reference_loss: Tensor, box_loss: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """Weight that rescales ``box_loss`` to the value of ``reference_loss``: ``L_ref / L_box`` (both detached).
+
+    ``lambda_bbox = L_BRS / L_bbox`` and ``lambda_IoU = L_BRS / L_IoU`` in Eq. 17: the weights carry no
+    gradient, so the box loss keeps its own gradient direction while its magnitude follows the ranking loss.
+    Returned as a tensor (no ``.item()``, no host sync).
+
+    Args:
+        reference_loss (Tensor): The ranking loss (or any scalar) to match, shape ().
+        box_loss (Tensor): The box loss to be rescaled, shape ().
+        eps (float): Floor of the denominator; a zero box loss gives a finite weight.
+
+    Returns:
+        Tensor: The weight, shape (), detached.
+    """
+    return reference_loss.detach() / box_loss.detach().clamp_min(eps)
+
+
+def value_matched(box_loss: Tensor, reference_loss: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+    """``box_loss`` multiplied by :func:`value_matched_weight`, so its value equals ``reference_loss``."""
+    return box_loss * value_matched_weight(reference_loss, box_loss, eps)
+
+
+def ranking_targets(labels: Tensor, ious: Tensor, num_classes: int, valid: Optional[Tensor] = None,
+                    min_positive_target: float = 1e-6) -> Tensor:
+    """One-vs-all targets of a ranking loss for a set of predictions.
+
+    The positive's own class column carries its IoU (clamped to ``min_positive_target`` so that a positive whose
+    box does not overlap its ground truth stays a positive instead of silently turning into a negative), every
+    other column and every background prediction is a negative, and invalid predictions are ignored (-1).
+
+    Args:
+        labels (Tensor): Class per prediction (K,), ``num_classes`` for background.
+        ious (Tensor): IoU of each prediction with its assigned ground truth (K,); only positives are read. Pass
+            ones for AP-type losses.
+        num_classes (int): Number of foreground classes ``C``.
+        valid (Tensor, optional): Bool mask (K,) of predictions that take part; others are ignored.
+        min_positive_target (float): Smallest target of a positive.
+
+    Returns:
+        Tensor: Targets of shape (K * C,) in the order of ``logits.reshape(-1)`` for logits of shape (K, C).
+    """
+    num = labels.numel()
+    targets = ious.new_zeros(num, num_classes)
+    pos = (labels >= 0) & (labels < num_classes)
+    rows = torch.arange(num, device=labels.device)
+    pos_target = ious.detach().clamp(min=min_positive_target, max=1.0)
+    targets[rows[pos], labels[pos]] = pos_target[pos]
+    if valid is not None:
+        targets[~valid] = -1
+    return targets.reshape(-1)
