@@ -253,15 +253,16 @@ def positive_ranks(pos_sorted: Tensor, delta: float) -> Tensor:
 
 
 def _windowed(cum_w: Tensor, cum_wv: Tensor, lo: Tensor, hi: Tensor, start: Tensor, end: Tensor,
-              queries: Tensor, delta: float, upper: bool) -> Tensor:
+              queries: Tensor, delta: float, upper: bool, dim: int) -> Tensor:
     """Step sums over index ranges given the window indices (a batched variant of :func:`step_sums`).
 
     Keys with index in ``[start, lo)`` lie at or below ``q - delta``, ``[lo, hi)`` inside the window and
-    ``[hi, end)`` at or above ``q + delta``. ``cum_w`` / ``cum_wv`` are prefix sums along the last dimension;
-    all index tensors are gathered along that dimension.
+    ``[hi, end)`` at or above ``q + delta``. ``cum_w`` / ``cum_wv`` are prefix sums along ``dim`` (with a
+    trailing dimension of weight columns); index tensors have the shape of the result and are gathered along
+    ``dim``; ``queries`` broadcasts against the result.
     """
     def take(cum: Tensor, idx: Tensor) -> Tensor:
-        return torch.gather(cum, -1, idx)
+        return torch.gather(cum, dim, idx)
 
     if delta == 0:  # lo == hi: the split point; upper counts [hi, end), lower [start, lo)
         if upper:
@@ -315,16 +316,16 @@ def _earlier_sums(keys: Tensor, weights: Tensor, delta: float, upper: bool) -> T
         left_keys, order = torch.sort(k[:, 0], dim=1)
         left_w = torch.gather(w[:, 0], 1, order[..., None].expand(-1, -1, cols))  # (blocks, half, C)
         zero = left_w.new_zeros(blocks, 1, cols)
-        cum_w = torch.cat([zero, left_w.cumsum(1)], 1).transpose(1, 2)  # (blocks, C, half + 1)
-        cum_wv = torch.cat([zero, (left_w * left_keys[..., None]).cumsum(1)], 1).transpose(1, 2)
+        cum_w = torch.cat([zero, left_w.cumsum(1)], 1)  # (blocks, half + 1, C)
+        cum_wv = torch.cat([zero, (left_w * left_keys[..., None]).cumsum(1)], 1)
         queries = k[:, 1].contiguous()  # (blocks, half)
         lo, hi = _window_indices(left_keys, queries, delta)
-        expand = (blocks, cols, half)
-        start = torch.zeros(expand, dtype=lo.dtype, device=lo.device)
-        end = torch.full(expand, half, dtype=lo.dtype, device=lo.device)
-        sums = _windowed(cum_w, cum_wv, lo[:, None].expand(expand), hi[:, None].expand(expand), start, end,
-                         queries[:, None].expand(expand), delta, upper)  # (blocks, C, half)
-        out.view(blocks, 2, half, cols)[:, 1] += sums.transpose(1, 2)
+        shape = (blocks, half, cols)
+        start = torch.zeros(shape, dtype=lo.dtype, device=lo.device)
+        end = torch.full(shape, half, dtype=lo.dtype, device=lo.device)
+        sums = _windowed(cum_w, cum_wv, lo[..., None].expand(shape), hi[..., None].expand(shape), start, end,
+                         queries[..., None], delta, upper, dim=1)  # (blocks, half, C)
+        out.view(blocks, 2, half, cols)[:, 1] += sums
         half *= 2
     return out[:num]
 
@@ -388,17 +389,18 @@ def sorting_error_and_grad(pos: Tensor, targets: Tensor, delta: float, eps: floa
     ones = torch.ones_like(v)
     weights = torch.stack([ones, one_minus_t], 1)  # (P, 2)
     earlier = _earlier_sums(v, weights, delta, upper=True)  # j before i: t_j >= t_i
-    cum_w = torch.stack([_prefix(ones), _prefix(one_minus_t)])  # (2, P + 1)
-    cum_wv = torch.stack([_prefix(v), _prefix(one_minus_t * v)])
+    cum_w = torch.stack([_prefix(ones), _prefix(one_minus_t)], 1)  # (P + 1, 2)
+    cum_wv = torch.stack([_prefix(v), _prefix(one_minus_t * v)], 1)
     # same group, after i (logit >= v_i): upper sums over positions (i, end)
     if delta == 0:
         lo = hi = positions + 1
     else:
         lo = torch.maximum(in_group_lookup(v - delta, right=True), positions + 1)
         hi = torch.maximum(in_group_lookup(v + delta, right=False), lo)
-    rows = (2, num)
-    after = _windowed(cum_w, cum_wv, lo.expand(rows), hi.expand(rows), (positions + 1).expand(rows),
-                      end.expand(rows), v.expand(rows), delta, upper=True).T  # (P, 2)
+    shape = (num, 2)
+    after = _windowed(cum_w, cum_wv, lo[:, None].expand(shape), hi[:, None].expand(shape),
+                      (positions + 1)[:, None].expand(shape), end[:, None].expand(shape), v[:, None], delta,
+                      upper=True, dim=0)  # (P, 2)
     restricted = earlier + after + self_step * weights
     rank_target, target_num = restricted[:, 0], restricted[:, 1]
 
@@ -409,16 +411,15 @@ def sorting_error_and_grad(pos: Tensor, targets: Tensor, delta: float, eps: floa
 
     # G(j): i before j in the order minus i in the same group before j (logit <= v_j)
     g_earlier = _earlier_sums(v, spread[:, None], delta, upper=False)[:, 0]
-    cum_s = _prefix(spread)[None]
-    cum_sv = _prefix(spread * v)[None]
+    cum_s = _prefix(spread)
+    cum_sv = _prefix(spread * v)
     if delta == 0:
         lo = hi = positions
     else:
         lo = torch.minimum(torch.maximum(in_group_lookup(v - delta, right=True), start), positions)
         hi = torch.minimum(in_group_lookup(v + delta, right=False), positions)
         hi = torch.maximum(hi, lo)
-    g_same = _windowed(cum_s, cum_sv, lo[None], hi[None], start[None], positions[None], v[None], delta,
-                       upper=False)[0]
+    g_same = _windowed(cum_s, cum_sv, lo, hi, start, positions, v, delta, upper=False, dim=0)
     grad_sorted = g_earlier - g_same - torch.where(active, error, torch.zeros_like(error))
 
     error_out = torch.empty_like(error).scatter_(0, order, error)
