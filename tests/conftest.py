@@ -1,0 +1,83 @@
+"""Shared pytest fixtures: repository paths, the interpreter to run tools with, a toy COCO dataset, free ports."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import sys
+from pathlib import Path
+from types import ModuleType
+from typing import Callable, Dict
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TOOLS_DIR = REPO_ROOT / 'tools'
+CONFIGS_DIR = REPO_ROOT / 'configs'
+
+#: Size of the session toy dataset: 8 training images give 2 iterations per epoch with 2 processes x 2 images.
+TOY_NUM_TRAIN = 8
+TOY_NUM_VAL = 4
+TOY_IMG_SIZE = (128, 128)
+
+
+def load_tool_module(name: str) -> ModuleType:
+    """Import ``tools/<name>.py`` as a module (tools/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(f'brs_detr_tools_{name}', TOOLS_DIR / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up in sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope='session')
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope='session')
+def python_exe() -> str:
+    """The interpreter running the tests (the project's virtual environment in CI): tools run with it too."""
+    return sys.executable
+
+
+@pytest.fixture(scope='session')
+def make_toy_coco_module() -> ModuleType:
+    return load_tool_module('make_toy_coco')
+
+
+@pytest.fixture(scope='session')
+def toy_coco_root(tmp_path_factory, make_toy_coco_module) -> Path:
+    """A toy COCO dataset at ``<tmp>/data/toy_coco`` (the configs' default data_root relative to ``<tmp>``).
+
+    Run tools with ``cwd=toy_coco_root.parents[1]`` to use it without overriding any path.
+    """
+    base = tmp_path_factory.mktemp('toy_coco_session')
+    out = base / 'data' / 'toy_coco'
+    make_toy_coco_module.make_toy_coco(str(out), num_train=TOY_NUM_TRAIN, num_val=TOY_NUM_VAL, img_size=TOY_IMG_SIZE,
+                                       seed=0)
+    return out
+
+
+@pytest.fixture(scope='session')
+def free_port() -> Callable[[], int]:
+    """Return a function giving a currently free TCP port on 127.0.0.1 (for torchrun's rendezvous)."""
+
+    def _free_port() -> int:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(('127.0.0.1', 0))
+            return sock.getsockname()[1]
+
+    return _free_port
+
+
+@pytest.fixture(scope='session')
+def tool_env(python_exe) -> Dict[str, str]:
+    """Environment for running the tools in a subprocess: the test interpreter as PYTHON and no display
+    (as on a headless server: the tools must not need one). Copy it before changing it."""
+    env = dict(os.environ)
+    env['PYTHON'] = python_exe
+    env.pop('DISPLAY', None)
+    env.pop('WAYLAND_DISPLAY', None)
+    env.setdefault('OMP_NUM_THREADS', '1')
+    return env
