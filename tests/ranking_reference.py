@@ -74,7 +74,6 @@ def reference_loss(logits, targets, delta: float, bucketed: bool = False, with_s
 
     if interpolated:
         # the released AP loss: ascending logits, a positive counts itself as 1, running max of precision
-        rank_all = np.zeros(num_pos)
         spread = np.zeros(num_pos)
         errors = np.zeros(num_pos)
         best = 0.0

@@ -1,6 +1,12 @@
-"""Dense heads of brs-detr (Co-Deformable-DETR query head and auxiliary heads)."""
+"""Dense heads of brs-detr (Co-Deformable-DETR query head and auxiliary heads, rank-based heads)."""
 from .co_atss_head import CoATSSHead
 from .co_deformable_detr_head import CoDeformableDETRHead
 from .co_positive_coords import PositiveCoords
+from .rank_based_atss_head import RankBasedATSSHead
+from .rank_based_loss_mixin import RankBasedLossMixin
+from .rank_based_rpn_head import RankBasedRPNHead
 
-__all__ = ['CoATSSHead', 'CoDeformableDETRHead', 'PositiveCoords']
+__all__ = [
+    'CoATSSHead', 'CoDeformableDETRHead', 'PositiveCoords', 'RankBasedATSSHead', 'RankBasedLossMixin',
+    'RankBasedRPNHead'
+]
