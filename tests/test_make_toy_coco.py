@@ -122,3 +122,12 @@ def test_cli_bad_input(tmp_path, python_exe, args, message):
     assert done.returncode == 2
     assert message in done.stderr
     assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_help_runs(repo_root, python_exe):
+    # argparse formats help strings with %: a stray % in a help text crashes --help
+    import subprocess
+    out = subprocess.run([python_exe, str(repo_root / 'tools' / 'make_toy_coco.py'), '--help'], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert 'OUT_DIR' in out.stdout or 'out_dir' in out.stdout

@@ -225,7 +225,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--seed', type=int, default=0, help='random seed (default 0)')
     parser.add_argument('--classes', nargs='+', default=list(DEFAULT_CLASSES),
                         help=f'class names (default: {" ".join(DEFAULT_CLASSES)}); class i is drawn as '
-                        f'{"/".join(SHAPE_KINDS)}[i % {len(SHAPE_KINDS)}] in its own colour')
+                        f'{"/".join(SHAPE_KINDS)}[i %% {len(SHAPE_KINDS)}] in its own colour')
     parser.add_argument('--format', dest='image_format', choices=sorted(IMAGE_EXTENSIONS), default='png',
                         help='image file format (default png, lossless)')
     parser.add_argument('--overwrite', action='store_true', help='replace OUT_DIR if it exists')
