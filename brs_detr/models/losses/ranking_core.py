@@ -117,6 +117,51 @@ def step_sums(table: SortedKeys, queries: Tensor, delta: float, upper: bool) -> 
     return cum_w[lo] + (queries * win_w - win_wv) * inv + 0.5 * win_w
 
 
+#: Cells of the lookup grid per break point in :func:`count_at_or_below` (more cells: fewer fallbacks).
+GRID_CELLS_PER_BREAK = 64
+#: Largest lookup grid.
+GRID_MAX_CELLS = 1 << 20
+#: Below this many queries a plain ``searchsorted`` is cheaper than building the grid.
+GRID_MIN_QUERIES = 1 << 14
+
+
+def count_at_or_below(breaks: Tensor, values: Tensor) -> Tensor:
+    """``torch.searchsorted(breaks, values, right=True)`` (how many break points are ``<= value``), faster for
+    many values and few break points.
+
+    A binary search per value costs ``log2 K`` dependent random reads; here a uniform grid over the break points'
+    range gives a guess per value with one gather, every guess is verified against its two neighbouring break
+    points, and only values whose guess is wrong (cells that contain a break point) go through ``searchsorted``.
+    The result is identical to ``searchsorted`` for any input, rounding included, because nothing unverified is
+    returned.
+
+    Args:
+        breaks (Tensor): Break points sorted ascending (K,).
+        values (Tensor): Query values (N,), same dtype.
+
+    Returns:
+        Tensor: int64 counts (N,) in ``[0, K]``.
+    """
+    num = breaks.numel()
+    if values.numel() < GRID_MIN_QUERIES or num == 0:
+        return torch.searchsorted(breaks, values, right=True)
+    cells = int(min(GRID_MAX_CELLS, GRID_CELLS_PER_BREAK * num))
+    lo, hi = breaks[0], breaks[-1]
+    scale = cells / (hi - lo)
+    if not bool(torch.isfinite(scale)):  # all break points equal
+        return torch.searchsorted(breaks, values, right=True)
+    edges = lo + torch.arange(cells, dtype=breaks.dtype, device=breaks.device) / scale
+    table = torch.searchsorted(breaks, edges, right=True)  # guess for each cell: breaks <= its lower edge
+    cell = ((values - lo) * scale).clamp_(0, cells - 1).long()
+    guess = table.index_select(0, cell)
+    padded = torch.cat([breaks.new_full((1,), -float('inf')), breaks, breaks.new_full((1,), float('inf'))])
+    right = (padded.index_select(0, guess) <= values) & (values < padded.index_select(0, guess + 1))
+    wrong = torch.nonzero(~right).squeeze(1)
+    if wrong.numel():
+        guess.index_put_((wrong,), torch.searchsorted(breaks, values.index_select(0, wrong), right=True))
+    return guess
+
+
 @dataclass
 class Intervals:
     """Negatives aggregated into the intervals between consecutive break points.
@@ -148,7 +193,7 @@ def aggregate_intervals(neg: Tensor, breaks: Tensor, lower_bound: Tensor) -> Int
     """
     acc = torch.float64 if neg.device.type != 'mps' else torch.float32
     num = breaks.numel() + 1
-    index = torch.searchsorted(breaks, neg, right=True)
+    index = count_at_or_below(breaks, neg)
     sizes = torch.zeros(num, dtype=neg.dtype, device=neg.device).index_add_(0, index, neg.new_ones(1).expand_as(neg))
     sums = torch.zeros(num, dtype=neg.dtype, device=neg.device).index_add_(0, index, neg)
     sizes, sums = sizes.to(acc), sums.to(acc)
@@ -240,10 +285,19 @@ class NegativeRanker:
                 grad += weights[rows] @ smoothed_step(diff, self.delta)
             return grad
         table = SortedKeys.build(self.pos_sorted, weights)
-        if self.method == 'bucketed':
-            per_bucket = step_sums(table, self.intervals.table.keys, self.delta, upper=False)
-            return per_bucket.to(self.neg.dtype).index_select(0, self.intervals.index)
-        return step_sums(table, self.neg.to(weights.dtype), self.delta, upper=False).to(self.neg.dtype)
+        keys = self.intervals.table.keys
+        per_interval = step_sums(table, keys, self.delta, upper=False).to(self.neg.dtype)
+        value = per_interval.index_select(0, self.intervals.index)
+        if self.method == 'bucketed' or self.delta == 0:  # bucket prototype / constant between break points
+            return value
+        # Exact: between two consecutive break points s_i +- delta, g(n) is linear in n for every positive, so
+        # g(n) = g(m_k) + slope_k (n - m_k) with the interval's mean m_k; slope_k = sum of the weights of the
+        # positives whose window contains the interval, / (2 delta) (right derivative; irrelevant where n = m_k).
+        lo = torch.searchsorted(table.keys, keys - self.delta, right=True)
+        hi = torch.searchsorted(table.keys, keys + self.delta, right=True)
+        slope = ((table.cum_w[hi] - table.cum_w[lo]) / (2 * self.delta)).to(self.neg.dtype)
+        index = self.intervals.index
+        return value + slope.index_select(0, index) * (self.neg - keys.to(self.neg.dtype).index_select(0, index))
 
 
 def positive_ranks(pos_sorted: Tensor, delta: float) -> Tensor:

@@ -9,6 +9,9 @@ from .ranking_core import (NEGATIVE_METHODS, NegativeRanker, positive_ranks, smo
 
 #: Default cap on the number of pairwise elements held at once (|rows| x |cols|), about 32 MB in float64.
 DEFAULT_BLOCK_ELEMENTS = 1 << 22
+#: Up to this many positives the sorting error is computed densely over the P x P pairs (one block): cheaper
+#: than the divide and conquer's fixed per-level cost (DETR heads call the loss with tens of positives).
+DENSE_SORT_MAX_POSITIVES = 512
 
 
 def _accumulation_dtype(logits: Tensor) -> torch.dtype:
@@ -192,7 +195,7 @@ class RankingLoss(nn.Module):
         pos_rank_grad = torch.empty_like(pos_rank_grad_sorted).scatter_(0, order, pos_rank_grad_sorted)
         if self.with_sort:
             pos_targets = targets.index_select(0, pos_idx).to(acc)
-            if self.method == 'pairwise':
+            if self.method == 'pairwise' or num_pos <= DENSE_SORT_MAX_POSITIVES:
                 sort_error, sort_grad = sorting_error_and_grad_pairwise(pos, pos_targets, self.delta,
                                                                         self.block_elements, self.eps)
             else:
