@@ -1,0 +1,142 @@
+"""tools/benchmark_loss.py end to end, as a user runs it, on a tiny grid."""
+import itertools
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import zlib
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TOOL = os.path.join(ROOT, 'tools', 'benchmark_loss.py')
+
+LOSS_ROWS = ['focal (mmdet sigmoid)', 'RS (pairwise)', 'RS exact', 'BRS', 'AP (pairwise)', 'AP exact', 'BAP']
+RATIO_ROWS = ['BRS / focal', 'RS (pairwise) / BRS', 'RS exact / BRS', 'BAP / focal', 'AP (pairwise) / BAP',
+              'AP exact / BAP']
+COLUMNS = ['2K · 0.5%', '2K · 2%']
+
+
+def _run(args, timeout=120):
+    return subprocess.run([sys.executable, TOOL] + args, cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _table_rows(markdown, title):
+    """Header cells and rows ({first cell: other cells}) of the table right after the heading ``title``."""
+    lines = markdown.split(title, 1)[1].strip().splitlines()
+    table = list(itertools.takewhile(lambda line: line.startswith('|'), lines))
+    assert len(table) > 2, f'no table after {title!r}'
+    split = [[c.strip() for c in line.strip().strip('|').split('|')] for line in table]
+    assert all(len(cells) == len(split[0]) for cells in split), 'ragged table'
+    return split[0], {cells[0]: cells[1:] for cells in split[2:]}
+
+
+def _check_png(path):
+    with open(path, 'rb') as f:
+        data = f.read()
+    assert data[:8] == b'\x89PNG\r\n\x1a\n', 'not a PNG signature'
+    # walk the chunks and verify every CRC up to IEND
+    pos, chunks = 8, []
+    while pos < len(data):
+        length, kind = struct.unpack('>I4s', data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + length]
+        (crc,) = struct.unpack('>I', data[pos + 8 + length:pos + 12 + length])
+        assert zlib.crc32(kind + body) == crc, f'bad CRC in chunk {kind!r}'
+        chunks.append(kind)
+        pos += 12 + length
+    assert chunks[0] == b'IHDR' and chunks[-1] == b'IEND' and b'IDAT' in chunks
+    width, height = struct.unpack('>II', data[16:24])
+    assert width > 100 and height > 100
+    return len(data)
+
+
+@pytest.mark.slow
+def test_benchmark_tiny_grid(tmp_path):
+    out_md, out_png, out_json = tmp_path / 'bench.md', tmp_path / 'plots' / 'bench.png', tmp_path / 'bench.json'
+    proc = _run(['--sizes', '2000', '--ratios', '0.005', '0.02', '--repeats', '1', '--out-md', str(out_md),
+                 '--out-png', str(out_png), '--out-json', str(out_json)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    markdown = out_md.read_text()
+    for regime in ('early', 'trained'):
+        section = markdown.split(f'## Regime `{regime}`', 1)[1].split('## Regime', 1)[0]
+        header, rows = _table_rows(section, '### Forward + backward time (ms)')
+        assert header == ['loss'] + COLUMNS
+        assert list(rows) == LOSS_ROWS + RATIO_ROWS
+        for name in LOSS_ROWS:  # every cell finished: a number of milliseconds
+            for cell in rows[name]:
+                assert re.fullmatch(r'\d+(\.\d+)?', cell), (regime, name, cell)
+        for name in RATIO_ROWS:
+            for cell in rows[name]:
+                assert float(cell) > 0, (regime, name, cell)
+        header, rows = _table_rows(section, '### Peak extra memory (MiB)')
+        assert header == ['loss'] + COLUMNS
+        assert list(rows) == LOSS_ROWS
+        for name in LOSS_ROWS:
+            for cell in rows[name]:
+                assert re.fullmatch(r'\d+(\.\d+)?', cell), (regime, name, cell)
+
+    # the printed table is the written one
+    assert markdown.strip() in proc.stdout
+
+    size = _check_png(out_png)
+    assert size < 300_000
+
+    raw = json.loads(out_json.read_text())
+    assert len(raw['results']) == 2 * 2 * len(LOSS_ROWS)
+    for cell in raw['results']:
+        assert cell['status'] == 'ok'
+        assert cell['num_pos'] == (10 if cell['ratio'] == 0.005 else 40)
+        assert len(cell['times_ms']) == 1
+        assert all(v == v for v in cell['loss_values'].values())  # not NaN
+        # the ranking errors of random logits are strictly between 0 and 1
+        if cell['loss'] != 'focal':
+            assert 0 < cell['loss_values']['loss_rank'] < 1
+
+
+@pytest.mark.slow
+def test_benchmark_budget_kills_slow_cell_and_skips_larger(tmp_path):
+    """A pairwise cell over its budget is reported as such instead of hanging; larger ones are skipped."""
+    out_md, out_json = tmp_path / 'bench.md', tmp_path / 'bench.json'
+    proc = _run(['--regimes', 'early', '--sizes', '2000', '200000', '300000', '--ratios', '0.05',
+                 '--losses', 'ap', '--repeats', '1', '--pairwise-max-seconds', '0.5',
+                 '--out-md', str(out_md), '--out-json', str(out_json)])
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    header, rows = _table_rows(out_md.read_text(), '### Forward + backward time (ms)')
+    assert header == ['loss', '2K · 5%', '200K · 5%', '300K · 5%']
+    assert re.fullmatch(r'\d+(\.\d+)?', rows['AP (pairwise)'][0])
+    assert rows['AP (pairwise)'][1:] == ['> 0.5 s', '> 0.5 s (skipped)']
+    status = [cell['status'] for cell in json.loads(out_json.read_text())['results']]
+    assert status == ['ok', 'over_budget', 'skipped']
+
+
+def test_benchmark_rejects_bad_arguments(tmp_path):
+    proc = _run(['--ratios', '5', '--out-md', str(tmp_path / 'x.md')])
+    assert proc.returncode == 2
+    assert 'fraction in (0, 1)' in proc.stderr
+    proc = _run(['--device', 'tpu'])
+    assert proc.returncode == 2 and '--device' in proc.stderr
+    assert not (tmp_path / 'x.md').exists()
+
+
+@pytest.mark.skipif(not os.access('/proc/self/clear_refs', os.W_OK), reason='needs Linux /proc/self/clear_refs')
+def test_cpu_memory_probe_measures_a_known_allocation():
+    """The CPU probe sees torch allocations (tracemalloc does not), also after a larger earlier peak."""
+    import torch
+    sys.path.insert(0, os.path.join(ROOT, 'tools'))
+    try:
+        from benchmark_loss import _CpuMemoryProbe
+    finally:
+        sys.path.pop(0)
+    probe = _CpuMemoryProbe()
+    assert probe.available
+    earlier = torch.ones(96 * 2 ** 18)  # 96 MiB peak before the measured call
+    del earlier
+    mib = 32
+    probe.start()
+    block = torch.ones(mib * 2 ** 18)  # float32: 4 bytes each
+    del block
+    assert abs(probe.stop() - mib) < 4
