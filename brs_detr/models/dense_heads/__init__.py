@@ -2,11 +2,12 @@
 from .co_atss_head import CoATSSHead
 from .co_deformable_detr_head import CoDeformableDETRHead
 from .co_positive_coords import PositiveCoords
+from .co_rank_based_atss_head import CoRankBasedATSSHead
 from .rank_based_atss_head import RankBasedATSSHead
 from .rank_based_loss_mixin import RankBasedLossMixin
 from .rank_based_rpn_head import RankBasedRPNHead
 
 __all__ = [
     'CoATSSHead', 'CoDeformableDETRHead', 'PositiveCoords', 'RankBasedATSSHead', 'RankBasedLossMixin',
-    'RankBasedRPNHead'
+    'RankBasedRPNHead', 'CoRankBasedATSSHead'
 ]
