@@ -1,4 +1,5 @@
 """Dense heads of brs-detr (Co-Deformable-DETR query head and auxiliary heads, rank-based heads)."""
+from .brs_deformable_detr_head import RankBasedCoDeformableDETRHead
 from .co_atss_head import CoATSSHead
 from .co_deformable_detr_head import CoDeformableDETRHead
 from .co_positive_coords import PositiveCoords
@@ -9,5 +10,5 @@ from .rank_based_rpn_head import RankBasedRPNHead
 
 __all__ = [
     'CoATSSHead', 'CoDeformableDETRHead', 'PositiveCoords', 'RankBasedATSSHead', 'RankBasedLossMixin',
-    'RankBasedRPNHead', 'CoRankBasedATSSHead'
+    'RankBasedRPNHead', 'CoRankBasedATSSHead', 'RankBasedCoDeformableDETRHead'
 ]
