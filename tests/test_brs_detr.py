@@ -4,12 +4,10 @@ Covers the rank-based query head (RankBasedCoDeformableDETRHead), the BRS/RS/AP/
 published settings of the full configs and the released BRS-DETR R50 checkpoint layout.
 """
 import copy
-import json
 import logging
 import os.path as osp
 import subprocess
 import sys
-from collections import OrderedDict
 
 import pytest
 import torch
@@ -18,6 +16,7 @@ from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 import brs_detr  # noqa: F401  (registers the models)
+from state_dict_layouts import load_layout, random_state_dict
 from brs_detr.models.detectors import convert_co_detr_state_dict
 from brs_detr.models.losses import RankingLoss
 from mmdet.registry import MODELS
@@ -415,28 +414,15 @@ def test_rs_r50_and_swin_configs():
         assert cfg.param_scheduler[0].milestones == [10, 11]
 
 
-def _random_state_dict(layout, seed=0):
-    generator = torch.Generator().manual_seed(seed)
-    int_keys = set(layout['non_float32_entries'].get('int64', []))
-    state_dict = OrderedDict()
-    for key, shape in layout['state_dict']:
-        if key in int_keys:
-            state_dict[key] = torch.randint(0, 100, shape, generator=generator)
-        else:
-            state_dict[key] = torch.randn(shape, generator=generator)
-    return state_dict
-
-
 @pytest.fixture(scope='module')
 def official_layout():
-    with open(osp.join(DATA_DIR, 'brs_detr_r50_official_state_dict_layout.json')) as file:
-        return json.load(file)
+    return load_layout('brs_detr_r50')
 
 
 def test_released_checkpoint_layout_loads_strictly(official_layout):
     """The published BRS-DETR R50 checkpoint (no RoI background row, no ATSS centerness) converts and loads
     strictly into the BRS-DETR R50 config, with the same parameter count."""
-    source = _random_state_dict(official_layout)
+    source = random_state_dict(official_layout)
     converted = convert_co_detr_state_dict(source)
     _, model = build_full(R50_CONFIG)
     model.load_state_dict(converted, strict=True)
@@ -456,7 +442,7 @@ def test_released_checkpoint_layout_loads_strictly(official_layout):
 def test_convert_tool_checks_the_brs_detr_config(tmp_path, official_layout):
     src = tmp_path / 'brs_detr_r50.pth'
     dst = tmp_path / 'brs_detr_r50_converted.pth'
-    torch.save({'state_dict': _random_state_dict(official_layout, seed=1)}, src)
+    torch.save({'state_dict': random_state_dict(official_layout, seed=1)}, src)
     done = subprocess.run([sys.executable, CONVERT_TOOL, str(src), str(dst), '--config', R50_CONFIG],
                           capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr

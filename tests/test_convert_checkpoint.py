@@ -1,7 +1,6 @@
 """tools/convert_checkpoint.py and the Co-DETR key conversion, on state dicts with the exact layouts
 of the original models (tests/data/*_official_state_dict_layout.json, random values)."""
 import hashlib
-import json
 import logging
 import os.path as osp
 import subprocess
@@ -15,6 +14,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 import brs_detr  # noqa: F401
+from state_dict_layouts import load_layout, random_state_dict
 from brs_detr.models.detectors import convert_co_detr_state_dict
 from mmdet.models.backbones.swin import swin_converter
 from mmdet.registry import MODELS
@@ -30,24 +30,6 @@ TOOL = osp.join(ROOT, 'tools', 'convert_checkpoint.py')
 
 register_all_modules()
 MMLogger.get_current_instance().setLevel(logging.ERROR)
-
-
-def load_layout(name):
-    with open(osp.join(DATA_DIR, f'{name}_official_state_dict_layout.json')) as f:
-        return json.load(f)
-
-
-def random_state_dict(layout, seed=0):
-    """A state dict with the original names, shapes, dtypes and order."""
-    generator = torch.Generator().manual_seed(seed)
-    int_keys = set(layout['non_float32_entries'].get('int64', []))
-    state_dict = OrderedDict()
-    for key, shape in layout['state_dict']:
-        if key in int_keys:
-            state_dict[key] = torch.randint(0, 100, shape, generator=generator)
-        else:
-            state_dict[key] = torch.randn(shape, generator=generator)
-    return state_dict
 
 
 def build(config):

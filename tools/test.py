@@ -25,14 +25,14 @@ import sys
 import tempfile
 from typing import Optional, Sequence
 
-from mmengine.config import DictAction
 from mmengine.fileio import dump
 from mmengine.logging import print_log
 
 # tools/ is sys.path[0] when this file runs as a script: reuse train.py's helpers.
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
-from train import (build_runner, check_checkpoint, check_config, fail, load_config, run_checked,  # noqa: E402
-                   set_work_dir, setup_distributed_without_cuda, trust_checkpoint_dir, warn)
+from train import (build_runner, check_checkpoint, check_config, fail, load_config,  # noqa: E402
+                   parse_with_launch_args, run_checked, set_work_dir, setup_distributed_without_cuda,
+                   trust_checkpoint_dir, warn)
 
 
 def atomic_dump_metric(out_file_path: str):
@@ -104,17 +104,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--show-dir', help='directory where painted images are saved; a relative path is '
                         'relative to work_dir/<timestamp>/')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of --show (s)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override settings of the config, as xxx=yyy pairs merged into it; a list is '
-                        'key="[a,b]" or key=a,b, nested lists/tuples key="[(a,b),(c,d)]" (quotes needed, no '
-                        'white space)')
-    parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
-                        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    return parse_with_launch_args(parser, argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

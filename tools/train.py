@@ -226,6 +226,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto', metavar='CHECKPOINT',
                         help='resume from CHECKPOINT; without a value, resume from the latest checkpoint in the '
                         'work_dir')
+    return parse_with_launch_args(parser, argv)
+
+
+def parse_with_launch_args(parser: argparse.ArgumentParser, argv: Optional[Sequence[str]]) -> argparse.Namespace:
+    """Add the options train.py and test.py share (``--cfg-options``, ``--launcher``, ``--local-rank``), parse,
+    and export ``LOCAL_RANK`` for launchers that pass it as an argument."""
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, as xxx=yyy pairs merged into it; a list is '
                         'key="[a,b]" or key=a,b, nested lists/tuples key="[(a,b),(c,d)]" (quotes needed, no '
