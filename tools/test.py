@@ -31,7 +31,7 @@ from mmengine.logging import print_log
 # tools/ is sys.path[0] when this file runs as a script: reuse train.py's helpers.
 sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 from train import (build_runner, check_checkpoint, check_config, fail, load_config,  # noqa: E402
-                   parse_with_launch_args, run_checked, set_work_dir, setup_distributed_without_cuda,
+                   parse_with_launch_args, run_checked, run_tool_main, set_work_dir, setup_distributed_without_cuda,
                    trust_checkpoint_dir, warn)
 
 
@@ -137,4 +137,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool_main(main)

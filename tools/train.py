@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import logging
 import os
 import os.path as osp
 import subprocess
 import sys
+import traceback
 from typing import Any, Callable, NoReturn, Optional, Sequence
 
 from mmengine.config import Config, ConfigDict, DictAction
@@ -182,6 +184,40 @@ def run_checked(step: Callable[[], Any]) -> Any:
         fail(str(error))
 
 
+def run_tool_main(main: Callable[[], None]) -> NoReturn:
+    """Run a tool's ``main`` and take the distributed process group down before the interpreter exits.
+
+    Why: gloo runs collectives on its own worker threads, and a worker may release the last reference to a finished
+    collective's tensors just after the Python side stopped waiting for it. When that happens while the interpreter is
+    finalizing, the worker cannot take the GIL, is unwound, and the C++ runtime aborts the process ("terminate called
+    without an active exception", exit code -6) although training or testing succeeded; torchrun then reports the
+    whole job as failed. Here the Runner (whose DDP wrapper holds the process group) is released and the group is
+    destroyed while Python is still fully alive, which joins gloo's worker threads.
+
+    Exit status: 0 on success, ``SystemExit``'s code, or 1 after an uncaught exception (its traceback is printed
+    first; the exception is dropped so that its frames do not keep the Runner alive).
+    """
+    exit_code: Any = 0
+    try:
+        main()
+    except SystemExit as error:
+        exit_code = error.code
+    except BaseException:  # noqa: B902  (reported like the interpreter would, then the group is taken down)
+        traceback.print_exc()
+        exit_code = 1
+    close_process_group()
+    sys.exit(exit_code)
+
+
+def close_process_group() -> None:
+    """Destroy the default process group and free every object that still holds it (see ``run_tool_main``)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()  # Runner <-> loop/hook reference cycles keep the DDP wrapper, and with it the group, alive
+
+
 def build_runner(cfg: Config):
     """Build the Runner named by ``runner_type`` (default: mmengine's Runner)."""
     from mmengine.runner import Runner
@@ -293,4 +329,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool_main(main)
