@@ -80,6 +80,20 @@ def test_dist_train_then_resume(runs):
 
 
 @pytest.mark.slow
+def test_analyze_logs_reads_the_training_logs(runs, tool_env):
+    """The mAP curve of the run (epoch 1 by the first run, epoch 2 by the resumed one) is what the runs printed."""
+    work_dir, first, resumed = runs['work_dir'], runs['first'], runs['resumed']
+    logs = sorted(work_dir.glob('*/vis_data/scalars.json'))  # one timestamped directory per run, in order
+    assert len(logs) == 2
+    out_png = work_dir.parent / 'map.png'
+    output = run_tool([tool_env['PYTHON'], TOOLS_DIR / 'analysis_tools' / 'analyze_logs.py', 'plot_curve', *logs,
+                       '--legend', 'first', 'resumed', '--out', out_png], runs['cwd'], tool_env)
+    assert f'first (1 points)\n      epoch  value\n          1  {parse_map(first):.4f}' in output
+    assert f'resumed (1 points)\n      epoch  value\n          2  {parse_map(resumed):.4f}' in output
+    assert out_png.read_bytes().startswith(b'\x89PNG')
+
+
+@pytest.mark.slow
 def test_test_py_map_out_and_show_dir(runs, tool_env):
     work_dir, cwd, env = runs['work_dir'], runs['cwd'], tool_env
     test_dir = work_dir.parent / 'test_single'
