@@ -365,6 +365,32 @@ def test_box_weights_act_without_value_matching():
     torch.testing.assert_close(losses['loss_iou'], giou.mean())
 
 
+@pytest.mark.parametrize('score_weighted', [True, False])
+def test_box_losses_score_weighted_or_uniform(score_weighted):
+    """Positives' box losses are averaged with their detached max class probability as weight, or uniformly."""
+    cfg = Config.fromfile(TINY_CONFIG)
+    head_cfg = cfg.model.bbox_head
+    head_cfg.update(value_matched_bbox=False, score_weighted_bbox=score_weighted, train_cfg=cfg.model.train_cfg[0],
+                    as_two_stage=True, num_pred_layer=NUM_DEC_LAYERS + 1)
+    head = MODELS.build(head_cfg)
+    cls_scores = torch.full((1, 3, NUM_CLASSES), -4.0, dtype=torch.float64)
+    cls_scores[0, 0, 1] = 2.0  # confident positive
+    cls_scores[0, 1, 0] = -1.0  # unsure positive; query 2 is background
+    bbox_preds = torch.tensor([[[0.5, 0.5, 0.4, 0.4], [0.3, 0.3, 0.2, 0.2], [0.7, 0.7, 0.1, 0.1]]],
+                              dtype=torch.float64)
+    bbox_targets = torch.tensor([[0.5, 0.5, 0.5, 0.3], [0.35, 0.3, 0.2, 0.2], [0.0, 0.0, 0.0, 0.0]],
+                                dtype=torch.float64)
+    losses = head.rank_based_detr_loss(cls_scores, bbox_preds, torch.tensor([1, 0, NUM_CLASSES]),
+                                       torch.ones(3), bbox_targets, [dict(img_shape=(100, 100))])
+    per_positive_l1 = (bbox_preds[0, :2] - bbox_targets[:2]).abs().sum(dim=-1)  # 0.2 and 0.05
+    weights = torch.tensor([2.0, -1.0], dtype=torch.float64).sigmoid()
+    if not score_weighted:
+        weights = torch.ones_like(weights)
+    expected = (weights * per_positive_l1).sum() / weights.sum()  # 0.165 score-weighted, 0.125 uniform
+    assert float(expected) == pytest.approx(0.165 if score_weighted else 0.125, abs=1e-3)
+    torch.testing.assert_close(losses['loss_bbox'], expected.to(losses['loss_bbox'].dtype))
+
+
 def test_released_settings_r50():
     cfg, model = build_full(R50_CONFIG)
     head = model.bbox_head

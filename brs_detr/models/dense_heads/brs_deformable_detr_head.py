@@ -33,7 +33,9 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
       RS/BRS (Eq. 10-11), 1 for AP/BAP. A positive whose box misses its gt (IoU 0) stays a positive with a
       small target (:func:`ranking_targets`' clamp).
     * The L1 (normalised cxcywh) and GIoU (absolute xyxy) losses are computed per positive, weighted by the
-      positive's detached maximum class probability, normalised by the sum of these weights, and each is
+      positive's detached maximum class probability (``score_weighted_bbox``; the released code's mean reduction
+      drops this weighting, ``score_weighted_bbox=False`` reproduces that), normalised by the sum of these
+      weights, and each is
       rescaled to the value of the ranking loss of its set (``loss_rank + loss_sort``, weights included):
       ``lambda_bbox = L_BRS / L_bbox`` and ``lambda_IoU = L_BRS / L_IoU`` (Eq. 17), detached tensor ratios.
       The configured ``loss_bbox``/``loss_iou`` weights therefore have no effect and must be 1 (an error is
@@ -58,6 +60,9 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
         value_matched_bbox (bool): Rescale the box losses to the ranking loss (Eq. 17). Defaults to True.
             With False the box losses keep their configured weights (score-weighted averages).
         min_positive_target (float): Smallest IoU target of a positive. Defaults to 1e-6.
+        score_weighted_bbox (bool): Weight each positive's box losses by its detached maximum class
+            probability (True, as RS-Loss intends) or uniformly (False, what the released code computes).
+            Defaults to True.
         **kwargs: Arguments of :class:`CoDeformableDETRHead`.
     """
 
@@ -69,10 +74,12 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
                  use_iou_targets: Optional[bool] = None,
                  value_matched_bbox: bool = True,
                  min_positive_target: float = 1e-6,
+                 score_weighted_bbox: bool = True,
                  **kwargs) -> None:
         super().__init__(*args, loss_cls=_SIGMOID_PLACEHOLDER, loss_bbox=loss_bbox, loss_iou=loss_iou, **kwargs)
         self.loss_cls = MODELS.build(loss_cls)
         self._init_rank_based_loss(use_iou_targets, value_matched_bbox, min_positive_target)
+        self.score_weighted_bbox = score_weighted_bbox
         iou_weight = getattr(self.loss_iou, 'loss_weight', 1.0)
         if value_matched_bbox and iou_weight != 1.0:
             raise ValueError(
@@ -129,7 +136,10 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
         losses = dict(self.loss_cls(cls_logits.reshape(-1), targets))
         ranking_value = sum(losses.values())
 
-        box_weights = cls_logits.detach()[pos_mask].sigmoid().max(dim=-1).values.to(pos_preds.dtype)
+        if self.score_weighted_bbox:
+            box_weights = cls_logits.detach()[pos_mask].sigmoid().max(dim=-1).values.to(pos_preds.dtype)
+        else:
+            box_weights = pos_preds.new_ones(pos_preds.size(0))
         weight_sum = box_weights.sum().clamp_min(BOX_WEIGHT_EPS)
         loss_l1 = self.loss_bbox(pos_preds, pos_targets, reduction_override='none').sum(dim=-1)
         loss_l1 = (box_weights * loss_l1).sum() / weight_sum
