@@ -372,7 +372,8 @@ def test_ranking_targets_one_vs_all():
 
 @pytest.mark.parametrize('seed', SEEDS)
 @pytest.mark.parametrize('delta', [0.0, 0.25, 0.5])
-@pytest.mark.parametrize('cls,kwargs,bucketed', [(RankSortLoss, {}, False), (RankSortLoss, {'method': 'pairwise'}, False),
+@pytest.mark.parametrize('cls,kwargs,bucketed', [(RankSortLoss, {}, False),
+                                                 (RankSortLoss, {'method': 'pairwise'}, False),
                                                  (BucketedRankSortLoss, {}, True)])
 def test_many_ties_in_targets_and_logits(seed, delta, cls, kwargs, bucketed):
     # IoU targets on a coarse grid (large groups of equal targets) and logits on a grid finer than delta:

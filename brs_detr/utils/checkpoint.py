@@ -33,8 +33,8 @@ from mmengine.logging import print_log
 from .atomic_io import AtomicLocalBackend
 from .download import ChecksumError, download_file
 from .model_zoo import expected_checksum, find_by_url
-from .trust import (MANIFEST_NAME, TRUSTED_DIRS_ENV, is_trusted, record_trusted_file, sha256_file, trust_directory, trust_file,
-                    trust_reason)
+from .trust import (MANIFEST_NAME, TRUSTED_DIRS_ENV, is_trusted, record_trusted_file, sha256_file, trust_directory,
+                    trust_file, trust_reason)
 
 __all__ = [
     'UntrustedCheckpointError', 'safe_torch_load', 'load_from_local_safe', 'load_from_http_safe',

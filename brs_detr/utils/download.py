@@ -203,7 +203,8 @@ def download_file(url: str,
                         raise DownloadError(
                             f'{url} returned an HTML page instead of a file (for Google Drive: the file may not '
                             f'be shared publicly, or its daily download quota is exhausted; try again later or '
-                            f'download it in a browser and record it with tools/download_checkpoint.py --trust-file PATH)')
+                            f'download it in a browser and record it with '
+                            f'tools/download_checkpoint.py --trust-file PATH)')
                     current_url = next_url
                     continue
                 return _stream_to_file(response, url, dst, partial, offset, sha256, hash_prefix, progress,

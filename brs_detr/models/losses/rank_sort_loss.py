@@ -26,6 +26,7 @@ class RankSortLoss(RankingLoss):
     def __init__(self, delta: float = 0.5, loss_weight: float = 1.0, method: str = 'exact',
                  block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> None:
         if method == 'bucketed':
-            raise ValueError("RankSortLoss: method='bucketed' is BucketedRankSortLoss; use method 'exact' or 'pairwise'")
+            raise ValueError("RankSortLoss: method='bucketed' is BucketedRankSortLoss; "
+                             "use method 'exact' or 'pairwise'")
         super().__init__(delta=delta, loss_weight=loss_weight, method=method, with_sort=True,
                          block_elements=block_elements)
