@@ -1,4 +1,4 @@
-"""tools/make_toy_coco.py: valid COCO json, exact boxes of the drawn pixels, determinism, atomic writing."""
+"""tools/make_toy_coco.py: valid COCO json, exact boxes and masks of the drawn pixels, determinism, atomic writing."""
 from __future__ import annotations
 
 import filecmp
@@ -66,6 +66,10 @@ def test_boxes_match_drawn_pixels(small_set, make_toy_coco_module):
                 assert xs.size == ann['area']
                 tight = [x0 + xs.min(), y0 + ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1]
                 assert tight == ann['bbox'], (split, img['file_name'], ann)
+                # the segmentation is exactly the object's pixels
+                drawn = np.zeros(image.shape[:2], dtype=bool)
+                drawn[y0 + ys, x0 + xs] = True
+                np.testing.assert_array_equal(coco.annToMask(ann).astype(bool), drawn)
                 covered[y:y + h, x:x + w] = True
             for colour in palette:
                 outside = (image == np.array(colour, dtype=np.uint8)).all(axis=-1) & ~covered

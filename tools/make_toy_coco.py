@@ -2,7 +2,9 @@
 
 Every image holds a few large, high-contrast filled shapes (rectangles, ellipses, triangles) on a noisy grey
 background. Each class is one (shape, colour) pair, so a tiny detector learns it in a few hundred iterations.
-Boxes are the exact tight boxes of the drawn pixels (shapes never touch), areas are the drawn pixel counts.
+Boxes are the exact tight boxes of the drawn pixels (shapes never touch), areas are the drawn pixel counts, and
+each annotation's ``segmentation`` is the exact mask of its drawn pixels (COCO compressed RLE), so the set also
+serves instance segmentation (Mask R-CNN).
 
 Layout written under OUT_DIR (the default data root of ``configs/_base_/datasets/toy_coco_detection.py``)::
 
@@ -33,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+from pycocotools import mask as mask_utils
 
 #: Default class names; they must match ``metainfo.classes`` of configs/_base_/datasets/toy_coco_detection.py.
 DEFAULT_CLASSES = ('rectangle', 'ellipse', 'triangle')
@@ -64,10 +67,12 @@ class DrawnObject:
         category_id: COCO category id (1-based).
         bbox: Tight box of the drawn pixels, COCO ``[x, y, w, h]`` (integers, pixel-aligned).
         area: Number of drawn pixels.
+        segmentation: The drawn pixels as COCO compressed RLE (``size`` [h, w], ``counts`` str).
     """
     category_id: int
     bbox: List[int]
     area: int
+    segmentation: Dict
 
 
 def _draw_shape(mask: np.ndarray, kind: str, x0: int, y0: int, w: int, h: int, rng: np.random.Generator) -> None:
@@ -129,9 +134,16 @@ def make_image(height: int, width: int, num_classes: int,
             occupied[gy0:gy1, gx0:gx1] = True
             bx0, by0 = int(xs.min()), int(ys.min())
             bbox = [bx0, by0, int(xs.max()) - bx0 + 1, int(ys.max()) - by0 + 1]
-            objects.append(DrawnObject(category_id=label + 1, bbox=bbox, area=int(xs.size)))
+            objects.append(DrawnObject(category_id=label + 1, bbox=bbox, area=int(xs.size),
+                                       segmentation=_encode_rle(drawn)))
             break
     return image, objects
+
+
+def _encode_rle(mask: np.ndarray) -> Dict:
+    """COCO compressed RLE of a bool (H, W) mask, JSON-ready (``counts`` decoded to str)."""
+    rle = mask_utils.encode(np.asfortranarray(mask.astype(np.uint8)))
+    return dict(size=[int(v) for v in rle['size']], counts=rle['counts'].decode('ascii'))
 
 
 def _write_image(path: str, image: np.ndarray) -> None:
@@ -154,7 +166,7 @@ def make_split(root: str, split: str, num_images: int, height: int, width: int, 
         for obj in objects:
             annotations.append(
                 dict(id=len(annotations) + 1, image_id=image_id, category_id=obj.category_id, bbox=obj.bbox,
-                     area=obj.area, iscrowd=0))
+                     area=obj.area, segmentation=obj.segmentation, iscrowd=0))
     categories = [dict(id=i + 1, name=name, supercategory='shape') for i, name in enumerate(classes)]
     return dict(info=dict(description=f'brs-detr toy COCO ({split})', version='1.0'), licenses=[], images=images,
                 annotations=annotations, categories=categories)
