@@ -526,7 +526,8 @@ def test_rank_based_configs_exist():
     names = {osp.basename(p) for p in RANK_BASED_CONFIGS}
     for algo in ('rs-atss', 'brs-atss', 'ap-atss', 'bap-atss'):
         assert f'{algo}_r50_fpn_4xb4-12e_coco.py' in names
-    for algo in ('rs-faster-rcnn', 'brs-faster-rcnn', 'rs-cascade-rcnn', 'brs-cascade-rcnn'):
+    for algo in ('rs-faster-rcnn', 'brs-faster-rcnn', 'rs-cascade-rcnn', 'brs-cascade-rcnn', 'rs-mask-rcnn',
+                 'brs-mask-rcnn', 'rs-paa', 'brs-paa', 'ap-paa', 'bap-paa'):
         assert f'{algo}_r50_fpn_4xb4-12e_coco.py' in names
 
 
@@ -548,7 +549,7 @@ def test_rank_based_config_builds(path):
         assert head.value_matched_bbox and head.loss_bbox.loss_weight == 1.0
         assert head.use_iou_targets is expected_loss.endswith('RankSortLoss')
     assert cfg.train_dataloader.batch_size == 4 and cfg.auto_scale_lr.base_batch_size == 16
-    if 'atss' in name:
+    if 'atss' in name or 'paa' in name:  # one-stage
         assert cfg.optim_wrapper.optimizer.lr == 0.008
         assert not hasattr(model.bbox_head, 'atss_centerness')
         return

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install the whole brs-detr stack into a virtual environment:
-#   torch 2.13.0, mmengine 0.10.7, mmcv 2.1.0 compiled with its ops, mmdet 3.3.0, pycocotools,
+#   torch 2.13.0, mmengine 0.10.7, mmcv 2.1.0 compiled with its ops, mmdet 3.3.0, pycocotools, scikit-learn,
 #   the test tools, and brs-detr itself (editable).
 #
 # Usage: bash tools/install.sh [VENV_DIR]        (default: .venv in the repository root)
@@ -108,7 +108,7 @@ log "installing mmcv, mmengine, mmdet, pycocotools, test tools and brs-detr"
 log "verifying the installation"
 "$PY" - <<'EOF'
 import sys
-import torch, mmengine, mmcv, mmdet, pycocotools  # noqa: F401
+import torch, mmengine, mmcv, mmdet, pycocotools, sklearn.mixture  # noqa: F401
 try:
     import mmcv._ext  # noqa: F401
 except ImportError as exc:

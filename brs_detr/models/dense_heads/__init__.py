@@ -6,9 +6,10 @@ from .co_positive_coords import PositiveCoords
 from .co_rank_based_atss_head import CoRankBasedATSSHead
 from .rank_based_atss_head import RankBasedATSSHead
 from .rank_based_loss_mixin import RankBasedLossMixin
+from .rank_based_paa_head import RankBasedPAAHead
 from .rank_based_rpn_head import RankBasedRPNHead
 
 __all__ = [
     'CoATSSHead', 'CoDeformableDETRHead', 'PositiveCoords', 'RankBasedATSSHead', 'RankBasedLossMixin',
-    'RankBasedRPNHead', 'CoRankBasedATSSHead', 'RankBasedCoDeformableDETRHead'
+    'RankBasedPAAHead', 'RankBasedRPNHead', 'CoRankBasedATSSHead', 'RankBasedCoDeformableDETRHead'
 ]
