@@ -112,6 +112,18 @@ class RankBasedATSSHead(RankBasedLossMixin, ATSSHead):
         bbox_pred = scale(self.atss_reg(reg_feat)).float()
         return cls_score, bbox_pred
 
+    def batch_anchors(self, cls_scores: List[Tensor], batch_img_metas: List[dict]) -> Tuple[list, list]:
+        """Anchors and valid flags of every image for these feature maps.
+
+        Raises:
+            ValueError: the number of feature levels differs from the anchor generator's.
+        """
+        featmap_sizes = [featmap.size()[-2:] for featmap in cls_scores]
+        if len(featmap_sizes) != self.prior_generator.num_levels:
+            raise ValueError(f'{type(self).__name__}: got {len(featmap_sizes)} feature levels, the anchor '
+                             f'generator has {self.prior_generator.num_levels}')
+        return self.get_anchors(featmap_sizes, batch_img_metas, device=cls_scores[0].device)
+
     def loss_by_feat(self,
                      cls_scores: List[Tensor],
                      bbox_preds: List[Tensor],
@@ -130,12 +142,7 @@ class RankBasedATSSHead(RankBasedLossMixin, ATSSHead):
         Returns:
             dict[str, Tensor]: ``loss_rank``, ``loss_sort`` (RS/BRS), ``loss_bbox``.
         """
-        featmap_sizes = [featmap.size()[-2:] for featmap in cls_scores]
-        if len(featmap_sizes) != self.prior_generator.num_levels:
-            raise ValueError(f'{type(self).__name__}: got {len(featmap_sizes)} feature levels, the anchor '
-                             f'generator has {self.prior_generator.num_levels}')
-        anchor_list, valid_flag_list = self.get_anchors(featmap_sizes, batch_img_metas,
-                                                        device=cls_scores[0].device)
+        anchor_list, valid_flag_list = self.batch_anchors(cls_scores, batch_img_metas)
         (anchors_list, labels_list, label_weights_list, bbox_targets_list, _,
          _) = self.get_targets(anchor_list, valid_flag_list, batch_gt_instances, batch_img_metas,
                                batch_gt_instances_ignore=batch_gt_instances_ignore)

@@ -63,22 +63,9 @@ class RankBasedPAAHead(RankBasedATSSHead, PAAHead):
                      batch_gt_instances_ignore: OptInstanceList = None) -> Dict[str, Tensor]:
         """PAA's assignment, then the ranking loss over all valid anchors and the value-matched GIoU loss.
 
-        Args:
-            cls_scores (list[Tensor]): Per level (N, A * num_classes, H, W).
-            bbox_preds (list[Tensor]): Per level (N, A * 4, H, W).
-            batch_gt_instances (list[InstanceData]): ``bboxes`` (G, 4) and ``labels`` (G,) per image.
-            batch_img_metas (list[dict]): Image metas.
-            batch_gt_instances_ignore (list[InstanceData], optional): Ignored boxes.
-
-        Returns:
-            dict[str, Tensor]: ``loss_rank``, ``loss_sort`` (RS/BRS), ``loss_bbox``.
+        Arguments and returned keys as :meth:`RankBasedATSSHead.loss_by_feat`; only the assignment differs.
         """
-        featmap_sizes = [featmap.size()[-2:] for featmap in cls_scores]
-        if len(featmap_sizes) != self.prior_generator.num_levels:
-            raise ValueError(f'{type(self).__name__}: got {len(featmap_sizes)} feature levels, the anchor '
-                             f'generator has {self.prior_generator.num_levels}')
-        anchor_list, valid_flag_list = self.get_anchors(featmap_sizes, batch_img_metas,
-                                                        device=cls_scores[0].device)
+        anchor_list, valid_flag_list = self.batch_anchors(cls_scores, batch_img_metas)
         labels, label_weights, bbox_targets, bbox_weights, pos_inds, pos_gt_inds = self.get_targets(
             anchor_list, valid_flag_list, batch_gt_instances, batch_img_metas,
             batch_gt_instances_ignore=batch_gt_instances_ignore)
