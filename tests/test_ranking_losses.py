@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from brs_detr.models.losses import (APLoss, BucketedAPLoss, BucketedRankSortLoss, RankSortLoss,
-                                    ranking_targets, value_matched, value_matched_weight)
+                                    positive_score_weights, ranking_targets, value_matched, value_matched_weight,
+                                    weighted_mean)
 from brs_detr.models.losses import ranking_core, ranking_loss
 from mmdet.registry import MODELS
 
@@ -357,6 +358,22 @@ def test_value_matched_weight_is_a_detached_ratio():
     assert box.grad.item() == pytest.approx(0.3) and rank.grad is None
     zero_box = torch.tensor(0.0)
     assert torch.isfinite(value_matched_weight(rank, zero_box))
+
+
+def test_score_weighted_mean_of_box_losses():
+    """Positives' losses averaged with their detached max class probability; no positive gives a graph-connected 0."""
+    logits = torch.tensor([[2.0, -1.0, 0.5], [-3.0, -2.0, -0.5]], dtype=torch.float64, requires_grad=True)
+    weights = positive_score_weights(logits)
+    assert not weights.requires_grad
+    torch.testing.assert_close(weights, torch.sigmoid(torch.tensor([2.0, -0.5], dtype=torch.float64)))
+    losses = torch.tensor([0.4, 1.0], dtype=torch.float64, requires_grad=True)
+    mean = weighted_mean(losses, weights)
+    torch.testing.assert_close(mean, (weights[0] * 0.4 + weights[1] * 1.0) / weights.sum())
+    mean.backward()
+    torch.testing.assert_close(losses.grad, weights / weights.sum())
+    empty = torch.zeros(0, requires_grad=True)
+    nothing = weighted_mean(empty, torch.zeros(0))
+    assert float(nothing) == 0.0 and nothing.requires_grad
 
 
 def test_ranking_targets_one_vs_all():

@@ -9,9 +9,9 @@ from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
 from mmdet.utils import InstanceList, OptInstanceList
 
-from ..losses import ranking_targets, value_matched
+from ..losses import positive_score_weights, ranking_targets, value_matched, weighted_mean
 from .co_deformable_detr_head import CoDeformableDETRHead
-from .rank_based_loss_mixin import BOX_WEIGHT_EPS, RankBasedLossMixin
+from .rank_based_loss_mixin import RankBasedLossMixin
 
 #: Parameter-free sigmoid loss handed to :class:`DETRHead.__init__`, which reads ``loss_cls.use_sigmoid`` while
 #: it builds the classifier; replaced by the configured ranking loss right after.
@@ -137,14 +137,13 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
         ranking_value = sum(losses.values())
 
         if self.score_weighted_bbox:
-            box_weights = cls_logits.detach()[pos_mask].sigmoid().max(dim=-1).values.to(pos_preds.dtype)
+            box_weights = positive_score_weights(cls_logits[pos_mask])
         else:
             box_weights = pos_preds.new_ones(pos_preds.size(0))
-        weight_sum = box_weights.sum().clamp_min(BOX_WEIGHT_EPS)
         loss_l1 = self.loss_bbox(pos_preds, pos_targets, reduction_override='none').sum(dim=-1)
-        loss_l1 = (box_weights * loss_l1).sum() / weight_sum
-        loss_giou = self.loss_iou(pos_pred_boxes, pos_gt_boxes, reduction_override='none')
-        loss_giou = (box_weights * loss_giou).sum() / weight_sum
+        loss_l1 = weighted_mean(loss_l1, box_weights)
+        loss_giou = weighted_mean(self.loss_iou(pos_pred_boxes, pos_gt_boxes, reduction_override='none'),
+                                  box_weights)
         if self.value_matched_bbox:
             loss_l1 = value_matched(loss_l1, ranking_value)
             loss_giou = value_matched(loss_giou, ranking_value)

@@ -6,11 +6,7 @@ from torch import Tensor
 from mmdet.models.task_modules.samplers import PseudoSampler
 from mmdet.structures.bbox import bbox_overlaps
 
-from ..losses import RankingLoss, ranking_targets, value_matched
-
-#: Floor of the sum of the per-positive box-loss weights (all positives scored exactly 0 cannot happen with a
-#: sigmoid, but an fp16 underflow can).
-BOX_WEIGHT_EPS = 1e-10
+from ..losses import RankingLoss, positive_score_weights, ranking_targets, value_matched, weighted_mean
 
 
 class RankBasedLossMixin:
@@ -103,8 +99,7 @@ class RankBasedLossMixin:
         box_loss = self.loss_bbox(pos_loss_preds, pos_loss_targets, reduction_override='none')
         if box_loss.dim() > 1:  # per-coordinate losses (L1): one value per positive
             box_loss = box_loss.sum(dim=-1)
-        box_weights = cls_logits.detach()[pos_mask].sigmoid().max(dim=-1).values.to(box_loss.dtype)
-        box_loss = (box_weights * box_loss).sum() / box_weights.sum().clamp_min(BOX_WEIGHT_EPS)
+        box_loss = weighted_mean(box_loss, positive_score_weights(cls_logits[pos_mask]))
         if self.value_matched_bbox:
             box_loss = value_matched(box_loss, sum(losses.values()))
         losses['loss_bbox'] = box_loss

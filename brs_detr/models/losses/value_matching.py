@@ -6,6 +6,27 @@ from torch import Tensor
 
 #: Floor of a box loss in the weight's denominator.
 DEFAULT_EPS = 1e-12
+#: Floor of the sum of the per-positive box-loss weights (all positives scored exactly 0 cannot happen with a
+#: sigmoid, but an fp16 underflow can).
+BOX_WEIGHT_EPS = 1e-10
+
+
+def positive_score_weights(cls_logits: Tensor) -> Tensor:
+    """Weight of each positive's box (or mask) loss: its detached maximum class probability (RS loss).
+
+    Args:
+        cls_logits (Tensor): Sigmoid logits of the positives, (P, C).
+
+    Returns:
+        Tensor: (P,), detached.
+    """
+    return cls_logits.detach().sigmoid().max(dim=-1).values
+
+
+def weighted_mean(values: Tensor, weights: Tensor, eps: float = BOX_WEIGHT_EPS) -> Tensor:
+    """``sum(w * v) / max(sum(w), eps)`` of per-positive losses ``values`` (P,); 0 (in the graph) when P = 0."""
+    weights = weights.to(values.dtype)
+    return (weights * values).sum() / weights.sum().clamp_min(eps)
 
 
 def value_matched_weight(reference_loss: Tensor, box_loss: Tensor, eps: float = DEFAULT_EPS) -> Tensor:

@@ -11,6 +11,7 @@ from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox2roi
 from mmdet.utils import InstanceList
 
+from ..losses import positive_score_weights
 from .mask_heads import RankBasedFCNMaskHead
 
 #: Largest number of positives whose masks enter the mask loss per batch (as released: a random subset beyond).
@@ -47,7 +48,7 @@ class RankBasedStandardRoIHead(StandardRoIHead):
             raise TypeError(f'{type(self).__name__}: mask_head must be a RankBasedFCNMaskHead (it takes the ranking '
                             f'loss and the box weights), got {type(self.mask_head).__name__}')
         self.max_masks_per_batch = max_masks_per_batch
-        self._ranking_record: Optional[Tuple[Tensor, Tensor]] = None
+        self._ranking_record: Optional[Tuple[Tensor, Tensor, Tensor]] = None
 
     def bbox_loss(self, x: Tuple[Tensor], sampling_results: List[SamplingResult]) -> dict:
         """:meth:`StandardRoIHead.bbox_loss`, plus the record the mask loss needs (see the class docstring)."""
@@ -58,8 +59,8 @@ class RankBasedStandardRoIHead(StandardRoIHead):
                            f'{_RANKING_LOSS_KEYS[0]!r}; use a rank-based box head (e.g. RankBasedShared2FCBBoxHead)')
         ranking_value = sum(losses[key].detach() for key in _RANKING_LOSS_KEYS if key in losses)
         is_pos_row = self._positive_rows(sampling_results, bbox_results['cls_score'].device)
-        pos_weights = bbox_results['cls_score'].detach()[is_pos_row].sigmoid().max(dim=-1).values
-        self._ranking_record = (ranking_value, pos_weights)
+        pos_weights = positive_score_weights(bbox_results['cls_score'][is_pos_row])
+        self._ranking_record = (ranking_value, pos_weights, is_pos_row)
         return bbox_results
 
     def mask_loss(self, x: Tuple[Tensor], sampling_results: List[SamplingResult], bbox_feats: Tensor,
@@ -78,9 +79,8 @@ class RankBasedStandardRoIHead(StandardRoIHead):
         if self._ranking_record is None:
             raise RuntimeError(f'{type(self).__name__}.mask_loss needs the ranking loss of bbox_loss on the same '
                                'batch (with_bbox must be True)')
-        ranking_value, pos_weights = self._ranking_record
+        ranking_value, pos_weights, is_pos_row = self._ranking_record
         self._ranking_record = None
-        is_pos_row = self._positive_rows(sampling_results, pos_weights.device)
         num_pos = pos_weights.numel()
         if num_pos > self.max_masks_per_batch:
             keep = torch.randperm(num_pos, device=pos_weights.device)[:self.max_masks_per_batch].sort().values

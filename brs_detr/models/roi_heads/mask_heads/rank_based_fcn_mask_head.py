@@ -9,8 +9,7 @@ from mmdet.models.task_modules.samplers import SamplingResult
 from mmdet.registry import MODELS
 from mmdet.utils import ConfigType, InstanceList
 
-from ...dense_heads.rank_based_loss_mixin import BOX_WEIGHT_EPS
-from ...losses import value_matched
+from ...losses import value_matched, weighted_mean
 
 #: mmdet's DiceLoss adds ``eps`` to each of the two sums of its denominator; 5e-6 reproduces the released
 #: ``sum(p^2) + sum(t^2) + 1e-5``.
@@ -97,8 +96,7 @@ class RankBasedFCNMaskHead(FCNMaskHead):
         class_index = torch.zeros_like(pos_labels) if self.class_agnostic else pos_labels
         pos_logits = mask_preds[torch.arange(num_pos, device=mask_preds.device), class_index]
         per_instance = self.loss_mask(pos_logits, mask_targets, reduction_override='none')
-        weights = mask_preds.new_ones(num_pos) if pos_weights is None else pos_weights.to(per_instance.dtype)
-        loss_mask = (weights * per_instance).sum() / weights.sum().clamp_min(BOX_WEIGHT_EPS)
+        loss_mask = weighted_mean(per_instance, mask_preds.new_ones(num_pos) if pos_weights is None else pos_weights)
         if self.value_matched_mask:
             loss_mask = value_matched(loss_mask, ranking_value)
         return dict(loss_mask=dict(loss_mask=loss_mask), mask_targets=mask_targets)
