@@ -1,4 +1,5 @@
-"""tools/benchmark_train.py: ranking-loss timing (forward and backward) and the multi-config comparison table."""
+"""tools/benchmark_train.py and brs_detr.utils.train_benchmark: ranking-loss timing (forward and backward), peak
+memory and the multi-config comparison table."""
 import re
 import subprocess
 import sys
@@ -10,6 +11,8 @@ from torch import nn
 
 from brs_detr.models.losses import BucketedRankSortLoss
 from brs_detr.models.losses.ranking_loss import _RankingLossFunction
+from brs_detr.utils import train_benchmark
+from brs_detr.utils.train_benchmark import PeakMemoryMeter, RankingLossTimer
 from conftest import REPO_ROOT, load_tool_module
 
 CO_DETR_TINY = 'configs/co_deformable_detr/co_deformable_detr_r18-tiny_1xb2-1e_toy-coco.py'
@@ -71,7 +74,7 @@ class SlowRankingLoss(nn.Module):
         return self.loss_cls(self.linear(inputs).reshape(-1), targets)
 
 
-def test_ranking_loss_timer_times_forward_and_backward(tool, monkeypatch):
+def test_ranking_loss_timer_times_forward_and_backward(monkeypatch):
     """The timer's forward covers the loss module, its backward the Function's backward, nothing else."""
     compute = BucketedRankSortLoss.compute
     backward = _RankingLossFunction.backward
@@ -87,7 +90,7 @@ def test_ranking_loss_timer_times_forward_and_backward(tool, monkeypatch):
     monkeypatch.setattr(BucketedRankSortLoss, 'compute', slow_compute)
     monkeypatch.setattr(_RankingLossFunction, 'backward', staticmethod(slow_backward))
     model = SlowRankingLoss()
-    timer = tool.RankingLossTimer(model, torch.device('cpu'))
+    timer = RankingLossTimer(model, torch.device('cpu'))
     assert timer.names == ['loss_cls']
     inputs = torch.randn(50, 4)
     targets = torch.zeros(50)
@@ -113,7 +116,7 @@ def test_benchmark_compares_configs_with_ranking_share(tmp_path):
     start = time.perf_counter()
     result = subprocess.run(
         [sys.executable, 'tools/benchmark_train.py', CO_DETR_TINY, str(config), '--iters', '1', '--warmup', '1',
-         '--img-size', '64', '96', '--cfg-options',
+         '--img-size', '64', '96', '--metric', 'cpu', '--threads', '1', '--cfg-options',
          'model.train_cfg.1.rpn.sampler.type=PseudoSampler', 'model.train_cfg.1.rcnn.sampler.num=1000000000',
          'model.train_cfg.1.rcnn.sampler.pos_fraction=1.0'],
         capture_output=True, text=True, cwd=REPO_ROOT)
@@ -121,7 +124,11 @@ def test_benchmark_compares_configs_with_ranking_share(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'batch 1, 64x96, cpu' in result.stdout and 'load average' in result.stdout
     header = next(line for line in result.stdout.splitlines() if line.startswith('| config'))
-    assert 'ranking-loss share (fwd + bwd)' in header and header.rstrip().endswith('ratio to first |')
+    assert 'ranking-loss share (fwd + bwd)' in header
+    assert header.rstrip().endswith('| ratio to first | peak memory MiB (+ over model & optimizer) | '
+                                    'memory ratio to first |')
+    assert 'peak memory: process peak RSS during the timed iterations' in result.stdout
+    assert '1 threads' in result.stdout and 'times in CPU seconds of the process' in result.stdout
     rows = parse_rows(result.stdout)
     assert list(rows) == [CO_DETR_TINY, str(config)]
     focal, ranked = rows[CO_DETR_TINY], rows[str(config)]
@@ -133,6 +140,15 @@ def test_benchmark_compares_configs_with_ranking_share(tmp_path):
     assert fwd > 0 and bwd > 0
     ratio = float(ranked[7])
     assert ratio == pytest.approx(float(ranked[2]) / float(focal[2]), abs=0.01)
+    peaks = {}
+    for name, row in rows.items():
+        memory = re.fullmatch(r'(\d+) \(\+(\d+)\)', row[8])
+        assert memory, row[8]
+        peak, extra = int(memory.group(1)), int(memory.group(2))
+        assert 0 < extra < peak  # the iterations allocate on top of the model; the process holds more than that
+        peaks[name] = peak
+    assert float(focal[9]) == 1.0
+    assert float(ranked[9]) == pytest.approx(peaks[str(config)] / peaks[CO_DETR_TINY], abs=0.01)
     # per-iteration log on stderr names the ranking-loss forward and backward times
     assert re.search(r'iteration 2 \(timed\) [\d.]+ s, ranking losses [\d.]+ ms fwd \+ [\d.]+ ms bwd',
                      result.stderr)
@@ -147,3 +163,37 @@ def test_no_ranking_timer_option(tool, capsys):
     row = parse_rows(capsys.readouterr().out)[str(REPO_ROOT / CO_DETR_TINY)]
     assert row[4] == '-' and row[5] == '- (no ranking loss)' and row[7] == '1.00'
     assert _RankingLossFunction.__dict__['backward'] is backward
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='resettable peak RSS needs Linux /proc')
+def test_peak_memory_meter_measures_the_work_after_reset():
+    """The CPU meter sees a 256 MiB allocation made after reset, and forgets it after the next reset."""
+    meter = PeakMemoryMeter(torch.device('cpu'))
+    size = 256 * train_benchmark.MIB
+    meter.reset()
+    block = torch.ones(size // 4, dtype=torch.float32)  # written, so the pages are resident
+    peak, baseline = meter.read()
+    assert meter.resettable
+    assert peak - baseline >= 0.95 * size
+    del block
+    meter.reset()  # freed memory is returned to the system, the peak starts again from the current RSS
+    small = torch.ones(1024)
+    peak, baseline = meter.read()
+    assert peak - baseline < 0.25 * size
+    del small
+
+
+def test_format_table_reports_memory_and_ratios():
+    """Memory columns: absolute peak with the increase over the baseline, and the ratio to the first config."""
+    mib = train_benchmark.MIB
+    common = dict(params=2e6, share=None, timed=0, rank_share=None, rank_forward=None, rank_backward=None,
+                  rank_modules=0, memory_resettable=True, load=(1.0, 1.5))
+    rows = [dict(config='a.py', median=2.0, mean=2.0, peak_memory=1000 * mib, memory_baseline=600 * mib, **common),
+            dict(config='b.py', median=1.0, mean=1.1, peak_memory=1500 * mib, memory_baseline=700 * mib, **common)]
+    lines = train_benchmark.format_table(rows)
+    cells = [[cell.strip() for cell in line.strip('|').split('|')] for line in lines[2:]]
+    assert cells[0][7:] == ['1.00', '1000 (+400)', '1.00']
+    assert cells[1][7:] == ['0.50', '1500 (+800)', '1.50']
+    header = train_benchmark.format_header(rows, iters=3, warmup=1, batch=1, img_size=(320, 320), device='cpu')
+    assert '3 timed iterations after 1 warm-up, batch 1, 320x320, cpu' in header
+    assert 'load average 1.00..1.50' in header and 'process peak RSS' in header

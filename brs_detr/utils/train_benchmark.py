@@ -1,0 +1,484 @@
+"""Training-iteration benchmark: time (and peak memory) of full training steps on synthetic data.
+
+Used by ``tools/benchmark_train.py``; see ``docs/benchmark_train.md``. Each config's model is built without
+pretrained weights and trained through ``model.train_step`` with the config's own optimizer wrapper, on random
+images with random ground-truth boxes, so the numbers cover data preprocessing (on device), forward, every loss,
+backward and the optimizer step, but no data loading.
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import ctypes.util
+import gc
+import logging
+import os
+import re
+import statistics
+import sys
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+
+#: Synthetic image size (H, W) when none is given: small enough that the R50 Co-DETR, RS-DETR and BRS-DETR configs
+#: finish a default run in a few minutes on a 2-core CPU, large enough that every feature level is non-trivial.
+DEFAULT_IMG_SIZE = (320, 320)
+#: Default regex of the submodules whose forward is timed: every ``loss_*`` module.
+DEFAULT_TIME_MODULES = r'(^|\.)loss_\w+$'
+MIB = 2**20
+#: What a time is measured in: wall-clock seconds, or CPU seconds of this process (all its threads), which other
+#: jobs on a shared machine disturb far less (use one thread for comparable numbers).
+CLOCKS: Dict[str, Callable[[], float]] = dict(wall=time.perf_counter, cpu=time.process_time)
+
+
+class ModuleTimer:
+    """Accumulates the forward time of the submodules whose qualified name
+    matches ``pattern`` (outermost matches only, so nested matches are not
+    counted twice)."""
+
+    def __init__(self, model: nn.Module, pattern: str, device: torch.device,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        self.device = device
+        self.clock = clock
+        self.total = 0.0
+        self.names: List[str] = []
+        self._starts: Dict[int, float] = {}
+        self._handles = []
+        regex = re.compile(pattern)
+        matched: List[str] = []
+        for name, module in model.named_modules():
+            if not name or not regex.search(name):
+                continue
+            if any(name.startswith(parent + '.') for parent in matched):
+                continue
+            matched.append(name)
+            self._handles.append(
+                module.register_forward_pre_hook(self._pre_hook))
+            self._handles.append(module.register_forward_hook(self._post_hook))
+        self.names = matched
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    def _pre_hook(self, module: nn.Module, args) -> None:
+        self._sync()
+        self._starts[id(module)] = self.clock()
+
+    def _post_hook(self, module: nn.Module, args, output) -> None:
+        self._sync()
+        self.total += self.clock() - self._starts.pop(id(module))
+
+    def reset(self) -> None:
+        self.total = 0.0
+
+    def remove(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+
+
+class RankingLossTimer:
+    """Accumulates the time spent inside the ranking losses of ``model``, forward and backward.
+
+    Forward: pre/post forward hooks on every :class:`RankingLoss` submodule. Backward: the backward of the
+    losses' autograd Function is replaced by a timed wrapper until :meth:`remove` (restores it). On CUDA each
+    timing point synchronises ``device``.
+
+    Attributes:
+        names (list[str]): Qualified names of the ranking-loss modules.
+        forward (float): Seconds in their forward since the last :meth:`reset`.
+        backward (float): Seconds in the Function's backward since the last :meth:`reset`.
+        forward_calls, backward_calls (int): Calls since the last :meth:`reset`.
+    """
+
+    def __init__(self, model: nn.Module, device: torch.device,
+                 clock: Callable[[], float] = time.perf_counter) -> None:
+        from brs_detr.models.losses import RankingLoss
+        # private on purpose: the tool times exactly the Function whose backward scatters the gradients
+        from brs_detr.models.losses.ranking_loss import _RankingLossFunction
+
+        self.device = device
+        self.clock = clock
+        self.names = [name for name, module in model.named_modules() if isinstance(module, RankingLoss)]
+        self._handles = []
+        self._starts: Dict[int, float] = {}
+        self.reset()
+        for name, module in model.named_modules():
+            if isinstance(module, RankingLoss):
+                self._handles.append(module.register_forward_pre_hook(self._pre_hook))
+                self._handles.append(module.register_forward_hook(self._post_hook))
+        self._function = _RankingLossFunction
+        self._saved_backward = _RankingLossFunction.__dict__['backward']
+        self._function.backward = staticmethod(self._timed(_RankingLossFunction.backward))
+
+    def _sync(self) -> None:
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+
+    def _timed(self, backward: Callable) -> Callable:
+        def timed_backward(ctx, *grads):
+            self._sync()
+            start = self.clock()
+            try:
+                return backward(ctx, *grads)
+            finally:
+                self._sync()
+                self.backward += self.clock() - start
+                self.backward_calls += 1
+        return timed_backward
+
+    def _pre_hook(self, module: nn.Module, args) -> None:
+        self._sync()
+        self._starts[id(module)] = self.clock()
+
+    def _post_hook(self, module: nn.Module, args, output) -> None:
+        self._sync()
+        self.forward += self.clock() - self._starts.pop(id(module))
+        self.forward_calls += 1
+
+    @property
+    def total(self) -> float:
+        """Forward plus backward seconds since the last :meth:`reset`."""
+        return self.forward + self.backward
+
+    def reset(self) -> None:
+        self.forward = self.backward = 0.0
+        self.forward_calls = self.backward_calls = 0
+
+    def remove(self) -> None:
+        """Remove the hooks and restore the Function's backward."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        if self._function is not None:
+            self._function.backward = self._saved_backward
+            self._function = None
+
+
+def synthetic_batch(batch: int, img_size, num_gts: int, num_classes: int,
+                    generator: torch.Generator) -> dict:
+    """Random uint8 images with random boxes, as a dataloader yields them."""
+    from mmengine.structures import InstanceData
+
+    from mmdet.structures import DetDataSample
+
+    height, width = img_size
+    inputs, samples = [], []
+    for _ in range(batch):
+        inputs.append(
+            torch.randint(0, 256, (3, height, width), dtype=torch.uint8,
+                          generator=generator))
+        xy = torch.rand(num_gts, 2, generator=generator) * torch.tensor(
+            [width * 0.7, height * 0.7])
+        wh = (torch.rand(num_gts, 2, generator=generator) * 0.25 + 0.05) * \
+            torch.tensor([width, height])
+        sample = DetDataSample(
+            metainfo=dict(
+                img_shape=(height, width),
+                ori_shape=(height, width),
+                scale_factor=(1.0, 1.0),
+                flip=False))
+        sample.gt_instances = InstanceData(
+            bboxes=torch.cat([xy, xy + wh], dim=1),
+            labels=torch.randint(0, num_classes, (num_gts, ),
+                                 generator=generator))
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
+
+
+class PeakMemoryMeter:
+    """Peak memory of a stretch of work on ``device``, measured between :meth:`reset` and :meth:`read`.
+
+    * CUDA: the caching allocator's peak of allocated tensor memory (``torch.cuda.max_memory_allocated``) after
+      ``torch.cuda.reset_peak_memory_stats``.
+    * CPU (Linux): the process's peak resident set size (``VmHWM`` in ``/proc/self/status``), which
+      :meth:`reset` sets back to the current RSS by writing ``5`` to ``/proc/self/clear_refs``. Before that, Python
+      garbage is collected and glibc is asked to return free heap pages to the system (``malloc_trim``), so memory
+      freed by earlier work is not silently reused below the baseline. Where ``clear_refs`` is not writable the
+      peak cannot be reset and the process's lifetime peak (``ru_maxrss``) is reported instead
+      (``resettable`` False).
+
+    :meth:`read` returns ``(peak, baseline)`` in bytes: ``peak`` is the highest value seen since :meth:`reset`
+    (absolute: it includes the model, optimizer state and everything else the process holds), ``baseline`` the
+    value at :meth:`reset`; ``peak - baseline`` is the extra memory of the measured work (activations, gradients,
+    temporaries).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.resettable = True
+        self._baseline = 0
+        self._libc = None
+        if device.type == 'cpu':
+            libc_name = ctypes.util.find_library('c')
+            try:
+                self._libc = ctypes.CDLL(libc_name) if libc_name else None
+            except OSError:
+                self._libc = None
+
+    @staticmethod
+    def _status_bytes(field: str) -> Optional[int]:
+        try:
+            with open('/proc/self/status') as status:
+                for line in status:
+                    if line.startswith(field + ':'):
+                        return int(line.split()[1]) * 1024  # reported in kB
+        except OSError:
+            return None
+        return None
+
+    def _release_free_memory(self) -> None:
+        gc.collect()
+        if self._libc is not None and hasattr(self._libc, 'malloc_trim'):
+            self._libc.malloc_trim(0)
+
+    def reset(self) -> None:
+        """Start a measurement: the current usage becomes the baseline and the peak."""
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self._baseline = torch.cuda.memory_allocated(self.device)
+            return
+        self._release_free_memory()
+        try:
+            with open('/proc/self/clear_refs', 'w') as clear_refs:
+                clear_refs.write('5')
+        except OSError:
+            self.resettable = False
+        self._baseline = self._status_bytes('VmRSS') or 0
+
+    def read(self) -> Tuple[int, int]:
+        """``(peak, baseline)`` in bytes since the last :meth:`reset`."""
+        if self.device.type == 'cuda':
+            torch.cuda.synchronize(self.device)
+            return torch.cuda.max_memory_allocated(self.device), self._baseline
+        peak = self._status_bytes('VmHWM') if self.resettable else None
+        if peak is None:
+            import resource
+            self.resettable = False
+            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
+        return peak, self._baseline
+
+
+def _load_average() -> Optional[float]:
+    """The 1-minute load average of the machine (None where the OS has none)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def _num_classes(cfg) -> int:
+    head = cfg.model.get('bbox_head')
+    if isinstance(head, (list, tuple)):
+        head = head[0]
+    if head is not None and 'num_classes' in head:
+        return head['num_classes']
+    return 80
+
+
+def build_training(config: str, cfg_options: Optional[dict], device: torch.device):
+    """Build ``config``'s model (no pretrained weights, seed 0) on ``device`` and its optimizer wrapper.
+
+    Returns:
+        tuple: ``(cfg, model, optim_wrapper)``.
+    """
+    from mmengine.config import Config
+    from mmengine.logging import MMLogger
+    from mmengine.optim import build_optim_wrapper
+
+    import brs_detr  # noqa: F401  (registers the project's modules)
+    from mmdet.registry import MODELS
+    from mmdet.utils import register_all_modules
+
+    register_all_modules(init_default_scope=True)
+    # the per-parameter initialization report is not wanted here
+    logging.getLogger('mmengine').setLevel(logging.WARNING)
+    MMLogger.get_current_instance().setLevel(logging.WARNING)
+    cfg = Config.fromfile(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    if cfg.model.get('backbone') is not None:
+        cfg.model.backbone.init_cfg = None
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    model.init_weights()
+    model.to(device)
+    model.train()
+    # one 'skipped since its requires_grad=False' warning per frozen parameter is not wanted either
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        optim_wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    finally:
+        logger.setLevel(level)
+    return cfg, model, optim_wrapper
+
+
+def benchmark(config: str, iters: int = 10, warmup: int = 2, device: str = 'cpu',
+              img_size: Sequence[int] = DEFAULT_IMG_SIZE, batch: int = 1, num_gts: int = 10,
+              time_modules: str = DEFAULT_TIME_MODULES, ranking_timer: bool = True,
+              cfg_options: Optional[dict] = None, metric: str = 'wall') -> dict:
+    """Time ``iters`` training iterations of ``config`` after ``warmup`` untimed ones.
+
+    Args:
+        config (str): Config file.
+        iters (int): Timed iterations (>= 1).
+        warmup (int): Untimed iterations first (>= 0); they also allocate the optimizer state, so the memory
+            baseline of the timed iterations includes it.
+        device (str): ``'cpu'`` or ``'cuda'``.
+        img_size (Sequence[int]): Synthetic image ``(H, W)``.
+        batch (int): Images per iteration.
+        num_gts (int): Random ground-truth boxes per image.
+        time_modules (str): Regex of submodule names whose forward is timed (``''``: none).
+        ranking_timer (bool): Time the ranking losses, forward and backward.
+        cfg_options (dict, optional): Overrides merged into the config.
+        metric (str): ``'wall'`` (seconds) or ``'cpu'`` (CPU seconds of this process, CPU devices only); every
+            time (iterations and timed modules) is measured with it.
+
+    Returns:
+        dict: ``config``, ``params``, ``median``/``mean`` s/iter, ``share`` (forward share of the timed modules),
+        ``timed`` (their count), ``rank_share``, ``rank_forward``, ``rank_backward`` (medians, seconds),
+        ``rank_modules``, ``peak_memory`` and ``memory_baseline`` (bytes, see :class:`PeakMemoryMeter`),
+        ``memory_resettable`` and ``load`` (1-minute load average before and after).
+
+    Raises:
+        RuntimeError: A non-finite loss, or ranking-loss backward calls outside the modules.
+    """
+    torch_device = torch.device(device)
+    cfg, model, optim_wrapper = build_training(config, cfg_options, torch_device)
+    num_classes = _num_classes(cfg)
+    generator = torch.Generator().manual_seed(0)
+    clock = CLOCKS[metric]
+    timer = ModuleTimer(model, time_modules, torch_device, clock) if time_modules else None
+    rank_timer = RankingLossTimer(model, torch_device, clock) if ranking_timer else None
+    if rank_timer is not None and not rank_timer.names:
+        rank_timer.remove()
+        rank_timer = None
+    memory = PeakMemoryMeter(torch_device)
+
+    times, shares = [], []
+    rank_shares, rank_forward, rank_backward = [], [], []
+    load_before = _load_average()
+    try:
+        for iteration in range(warmup + iters):
+            if iteration == warmup:
+                memory.reset()
+            data = synthetic_batch(batch, img_size, num_gts, num_classes, generator)
+            if timer is not None:
+                timer.reset()
+            if rank_timer is not None:
+                rank_timer.reset()
+            if torch_device.type == 'cuda':
+                torch.cuda.synchronize(torch_device)
+            start = clock()
+            log_vars = model.train_step(data, optim_wrapper)
+            if torch_device.type == 'cuda':
+                torch.cuda.synchronize(torch_device)
+            elapsed = clock() - start
+            if not torch.isfinite(torch.as_tensor(log_vars['loss'])):
+                raise RuntimeError(f'{config}: non-finite loss at iteration {iteration}')
+            if rank_timer is not None and rank_timer.backward_calls > rank_timer.forward_calls:
+                raise RuntimeError(
+                    f'{config}: {rank_timer.backward_calls} ranking-loss backward calls for '
+                    f'{rank_timer.forward_calls} module calls; a ranking loss ran outside its module')
+            phase = 'warm-up' if iteration < warmup else 'timed'
+            ranking = '' if rank_timer is None else (
+                f', ranking losses {1e3 * rank_timer.forward:.2f} ms fwd + {1e3 * rank_timer.backward:.2f} ms bwd')
+            print(f'{config}: iteration {iteration + 1} ({phase}) {elapsed:.3f} s{ranking}', file=sys.stderr,
+                  flush=True)
+            if iteration >= warmup:
+                times.append(elapsed)
+                if timer is not None:
+                    shares.append(timer.total / elapsed)
+                if rank_timer is not None:
+                    rank_shares.append(rank_timer.total / elapsed)
+                    rank_forward.append(rank_timer.forward)
+                    rank_backward.append(rank_timer.backward)
+        peak_memory, memory_baseline = memory.read()
+    finally:
+        if timer is not None:
+            timer.remove()
+        if rank_timer is not None:
+            rank_timer.remove()
+    result = dict(
+        config=config,
+        params=sum(p.numel() for p in model.parameters()),
+        median=statistics.median(times),
+        mean=statistics.mean(times),
+        share=statistics.median(shares) if shares else None,
+        timed=len(timer.names) if timer is not None else 0,
+        rank_share=statistics.median(rank_shares) if rank_shares else None,
+        rank_forward=statistics.median(rank_forward) if rank_forward else None,
+        rank_backward=statistics.median(rank_backward) if rank_backward else None,
+        rank_modules=len(rank_timer.names) if rank_timer is not None else 0,
+        peak_memory=peak_memory,
+        memory_baseline=memory_baseline,
+        memory_resettable=memory.resettable,
+        load=(load_before, _load_average()))
+    # free this config's model and optimizer state before the next config is measured
+    del model, optim_wrapper, timer, rank_timer
+    gc.collect()
+    if torch_device.type == 'cuda':
+        torch.cuda.empty_cache()
+    return result
+
+
+def format_table(rows: List[dict]) -> List[str]:
+    """Markdown table of :func:`benchmark` results, one row per config; ratios are to the first row."""
+    lines = [
+        '| config | params | median s/iter | mean s/iter | share in timed modules | ranking-loss share (fwd + bwd) | '
+        'ranking loss fwd / bwd ms/iter | ratio to first | peak memory MiB (+ over model & optimizer) | '
+        'memory ratio to first |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|'
+    ]
+    first = rows[0]
+    for row in rows:
+        share = '-' if row['share'] is None else f"{100 * row['share']:.1f}% ({row['timed']} modules)"
+        if row['rank_share'] is None:
+            rank_share, rank_time = '- (no ranking loss)', '-'
+        else:
+            rank_share = f"{100 * row['rank_share']:.1f}% ({row['rank_modules']} modules)"
+            rank_time = f"{1e3 * row['rank_forward']:.2f} / {1e3 * row['rank_backward']:.2f}"
+        ratio = row['median'] / first['median']
+        extra = row['peak_memory'] - row['memory_baseline']
+        memory = f"{row['peak_memory'] / MIB:.0f} (+{extra / MIB:.0f})"
+        memory_ratio = row['peak_memory'] / first['peak_memory']
+        lines.append(
+            f"| {row['config']} | {row['params'] / 1e6:.2f}M | {row['median']:.3f} | {row['mean']:.3f} | {share} | "
+            f"{rank_share} | {rank_time} | {ratio:.2f} | {memory} | {memory_ratio:.2f} |")
+    return lines
+
+
+def format_header(rows: List[dict], iters: int, warmup: int, batch: int, img_size: Sequence[int],
+                  device: str, metric: str = 'wall') -> str:
+    """The line above the table: what was run, on what, under which machine load."""
+    height, width = img_size
+    loads = [load for row in rows for load in row['load'] if load is not None]
+    load = (f', 1-min load average {min(loads):.2f}..{max(loads):.2f} on {os.cpu_count()} CPUs' if loads else '')
+    if device == 'cuda':
+        memory = 'peak memory: CUDA allocated tensors'
+    elif all(row['memory_resettable'] for row in rows):
+        memory = 'peak memory: process peak RSS during the timed iterations'
+    else:
+        memory = 'peak memory: process lifetime peak RSS (could not be reset on this OS)'
+    times = 'times in CPU seconds of the process' if metric == 'cpu' else 'times in wall-clock seconds'
+    return (f'{iters} timed iterations after {warmup} warm-up, batch {batch}, {height}x{width}, {device}, '
+            f'torch {torch.__version__}, {torch.get_num_threads()} threads{load}; {times}; {memory}')
+
+
+def run_benchmarks(args: argparse.Namespace) -> List[dict]:
+    """Benchmark every config of ``args.configs`` (as parsed by ``tools/benchmark_train.py``) and print the table."""
+    rows = [
+        benchmark(config, iters=args.iters, warmup=args.warmup, device=args.device, img_size=args.img_size,
+                  batch=args.batch, num_gts=args.num_gts, time_modules=args.time_modules,
+                  ranking_timer=args.ranking_timer, cfg_options=args.cfg_options, metric=args.metric)
+        for config in args.configs
+    ]
+    header = format_header(rows, args.iters, args.warmup, args.batch, args.img_size, args.device, args.metric)
+    print('\n' + header + '\n')
+    print('\n'.join(format_table(rows)))
+    return rows
