@@ -43,7 +43,9 @@ def python_exe() -> str:
 
 @pytest.fixture(scope='session')
 def make_toy_coco_module() -> ModuleType:
-    return load_tool_module('make_toy_coco')
+    """The toy COCO generator behind ``tools/make_toy_coco.py``."""
+    from brs_detr.utils import toy_coco
+    return toy_coco
 
 
 @pytest.fixture(scope='session')
