@@ -1,4 +1,4 @@
-"""The tools take the gloo process group down before the interpreter finalizes (tools/train.py ``run_tool_main``).
+"""The tools take the gloo process group down before the interpreter finalizes (``launch.run_tool_main``).
 
 Left to interpreter shutdown, a gloo worker thread that drops the last reference to a finished collective's tensors
 cannot take the GIL and the process aborts ("terminate called without an active exception", exit code -6) after a
@@ -15,16 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import TOOLS_DIR
 
 pytestmark = pytest.mark.skipif(not Path('/proc/self/task').is_dir(), reason='counts threads through /proc')
 
 SCRIPT = textwrap.dedent('''
     import atexit, os, sys
-    sys.path.insert(0, {tools_dir!r})
     import torch
     import torch.distributed as dist
-    from train import run_tool_main
+    from brs_detr.apis.launch import run_tool_main
 
     from mmengine.model import MMDistributedDataParallel
 
@@ -53,7 +51,7 @@ SCRIPT = textwrap.dedent('''
 
 def run_script(tmp_path: Path, port: int, ending: str) -> subprocess.CompletedProcess:
     script = tmp_path / 'tool.py'
-    script.write_text(SCRIPT.format(tools_dir=str(TOOLS_DIR), port=port, ending=ending))
+    script.write_text(SCRIPT.format(port=port, ending=ending))
     return subprocess.run([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                           timeout=120)
 

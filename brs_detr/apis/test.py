@@ -1,0 +1,97 @@
+"""Testing as ``tools/test.py`` runs it (mmdet's ``tools/test.py`` interface, plus brs-detr's safety).
+
+* The checkpoint's directory is trusted for full unpickling only when it is a Runner work_dir (it holds a
+  ``last_checkpoint`` marker); any other checkpoint is loaded with ``weights_only=True`` unless trusted.
+* ``--out`` writes the predictions pickle atomically (temporary file in the same directory, then ``os.replace``).
+* ``--show`` without a display is turned off with a warning instead of crashing; ``--show-dir`` needs no display.
+* On a machine without CUDA a distributed run uses gloo (see :mod:`brs_detr.apis.train`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import Optional
+
+from mmengine.config import Config
+
+from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
+                     set_work_dir, trust_checkpoint_dir, warn)
+
+#: File suffixes ``--out`` accepts (mmdet's DumpDetResults writes a pickle).
+PICKLE_SUFFIXES = ('.pkl', '.pickle')
+
+
+def atomic_dump_metric(out_file_path: str):
+    """Return mmdet's ``DumpDetResults`` metric for ``out_file_path``, writing the pickle atomically."""
+    from mmdet.evaluation import DumpDetResults
+    from mmengine.fileio import dump
+    from mmengine.logging import print_log
+
+    from brs_detr.utils.atomic_io import atomic_open
+
+    class AtomicDumpDetResults(DumpDetResults):
+        """mmdet's ``DumpDetResults`` that never leaves a partial pickle at ``out_file_path``.
+
+        Only :meth:`compute_metrics` changes: the results are pickled into a temporary file in the destination
+        directory and moved into place with ``os.replace`` (:func:`brs_detr.utils.atomic_io.atomic_open`).
+        """
+
+        def compute_metrics(self, results: list) -> dict:
+            with atomic_open(self.out_file_path, 'wb') as file:
+                dump(results, file, file_format='pkl')
+            print_log(f'Results has been saved to {self.out_file_path}.', logger='current')
+            return {}
+
+    return AtomicDumpDetResults(out_file_path=out_file_path)
+
+
+def has_display() -> bool:
+    """Whether a window can be opened (always assumed on non-POSIX systems)."""
+    if os.name != 'posix' or sys.platform == 'darwin':
+        return True
+    return bool(os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY'))
+
+
+def enable_visualization(cfg: Config, show: bool, show_dir: Optional[str], wait_time: float) -> None:
+    """Turn on mmdet's DetVisualizationHook (drawing; optionally showing and saving under show_dir)."""
+    hooks = cfg.get('default_hooks', {})
+    if 'visualization' not in hooks:
+        raise ToolInputError('--show/--show-dir need default_hooks.visualization=dict(type="DetVisualizationHook") '
+                             'in the config')
+    hook = hooks['visualization']
+    hook['draw'] = True
+    if show:
+        hook['show'] = True
+        hook['wait_time'] = wait_time
+    if show_dir:
+        hook['test_out_dir'] = show_dir
+
+
+def test(args: argparse.Namespace) -> None:
+    """Test as ``tools/test.py`` does with the parsed ``args`` (see ``tools/test.py --help``)."""
+    if args.out is not None and not args.out.endswith(PICKLE_SUFFIXES):
+        raise ToolInputError(f'--out must name a .pkl or .pickle file, got {args.out}')
+    check_config_file(args.config)
+    check_checkpoint_file(args.checkpoint)
+    from brs_detr.engine.dist import setup_distributed_without_cuda
+
+    cfg = load_config(args.config, args.cfg_options, args.launcher)
+    set_work_dir(cfg, args.work_dir, args.config)
+    cfg.load_from = args.checkpoint
+
+    show = args.show
+    if show and not has_display():
+        warn('--show: no display available (DISPLAY/WAYLAND_DISPLAY unset); not showing images' +
+             ('' if args.show_dir else ', use --show-dir to save them'))
+        show = False
+    if show or args.show_dir:
+        enable_visualization(cfg, show, args.show_dir, args.wait_time)
+
+    setup_distributed_without_cuda(cfg)
+    trust_checkpoint_dir(args.checkpoint)
+
+    runner = build_runner(cfg)
+    if args.out is not None:
+        runner.test_evaluator.metrics.append(atomic_dump_metric(args.out))
+    runner.test()

@@ -1,0 +1,1 @@
+"""Training runtime: process groups for the tools."""

@@ -1,0 +1,107 @@
+"""Process groups for the tools: distributed runs on machines without CUDA, and a clean shutdown.
+
+mmengine's launcher assumes CUDA: ``init_dist`` calls ``torch.cuda.set_device`` and its DDP wrapper passes
+``device_ids=[LOCAL_RANK]``. :func:`setup_distributed_without_cuda` makes ``--launcher pytorch|slurm`` work on CPU
+(gloo); :func:`close_process_group` takes the group down while Python is still fully alive.
+"""
+from __future__ import annotations
+
+import datetime
+import gc
+import logging
+import os
+import subprocess
+
+from mmengine.config import Config, ConfigDict
+
+#: torch.distributed's default rendezvous port (also tools/dist_train.sh's default).
+DEFAULT_MASTER_PORT = '29500'
+#: Environment variables torch.distributed's ``env://`` initialisation reads.
+ENV_RENDEZVOUS_VARIABLES = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+
+
+class LauncherError(RuntimeError):
+    """The launcher cannot work on this machine or its environment is incomplete."""
+
+
+def _dist_kwargs(dist_cfg: dict) -> dict:
+    """``dist_cfg`` without ``backend``/``port``, with a timeout in seconds turned into a timedelta."""
+    kwargs = {k: v for k, v in dist_cfg.items() if k not in ('backend', 'port')}
+    if isinstance(kwargs.get('timeout'), (int, float)):
+        kwargs['timeout'] = datetime.timedelta(seconds=kwargs['timeout'])
+    return kwargs
+
+
+def _set_slurm_env(dist_cfg: dict) -> None:
+    """Derive torch.distributed's env:// variables from SLURM's, as mmengine's slurm launcher does."""
+    proc_id = int(os.environ['SLURM_PROCID'])
+    ntasks = int(os.environ['SLURM_NTASKS'])
+    node_list = os.environ['SLURM_NODELIST']
+    master_addr = subprocess.getoutput(f'scontrol show hostname {node_list} | head -n1')
+    port = dist_cfg.get('port')
+    if port is not None:
+        os.environ['MASTER_PORT'] = str(port)
+    os.environ.setdefault('MASTER_PORT', DEFAULT_MASTER_PORT)
+    os.environ.setdefault('MASTER_ADDR', master_addr)
+    os.environ['WORLD_SIZE'] = str(ntasks)
+    os.environ['LOCAL_RANK'] = os.environ.get('SLURM_LOCALID', '0')
+    os.environ['RANK'] = str(proc_id)
+
+
+def setup_distributed_without_cuda(cfg: Config) -> None:
+    """Make a distributed launch work on a machine without CUDA.
+
+    The process group is created with gloo (replacing nccl, which needs CUDA) before the Runner is built, so the
+    Runner skips its own initialisation, and DDP gets ``device_ids=None``. No-op for ``launcher='none'`` or when
+    CUDA is available.
+
+    Raises:
+        LauncherError: The launcher needs CUDA (mpi), or the rendezvous environment variables are missing.
+    """
+    import torch
+    import torch.distributed as torch_dist
+    from mmengine.logging import print_log
+
+    if cfg.launcher == 'none' or torch.cuda.is_available():
+        return
+    env_cfg = cfg.setdefault('env_cfg', ConfigDict())
+    dist_cfg = env_cfg.setdefault('dist_cfg', ConfigDict())
+    backend = dist_cfg.get('backend', 'nccl')
+    if backend == 'nccl':
+        if os.environ.get('RANK', '0') == '0':
+            print_log('CUDA is not available: using the gloo distributed backend instead of nccl', logger='current',
+                      level=logging.WARNING)
+        backend = 'gloo'
+        dist_cfg.backend = backend
+    if cfg.launcher == 'slurm':
+        _set_slurm_env(dist_cfg)
+    elif cfg.launcher != 'pytorch':
+        raise LauncherError(f'--launcher {cfg.launcher} needs CUDA; on CPU use --launcher pytorch '
+                            '(tools/dist_train.sh) or slurm')
+    missing = [k for k in ENV_RENDEZVOUS_VARIABLES if k not in os.environ]
+    if missing:
+        raise LauncherError(f'--launcher {cfg.launcher} needs the environment variables {missing}; start the tool '
+                            'with tools/dist_train.sh / tools/dist_test.sh (torchrun) or srun')
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend=backend, **_dist_kwargs(dist_cfg))
+    wrapper_cfg = cfg.get('model_wrapper_cfg') or ConfigDict(type='MMDistributedDataParallel')
+    wrapper_cfg.setdefault('broadcast_buffers', False)
+    wrapper_cfg.setdefault('find_unused_parameters', cfg.get('find_unused_parameters', False))
+    wrapper_cfg['device_ids'] = None  # CPU module: DDP must not get device ids
+    cfg.model_wrapper_cfg = wrapper_cfg
+
+
+def close_process_group() -> None:
+    """Destroy the default process group and free every object that still holds it.
+
+    Why: gloo runs collectives on its own worker threads, and a worker may release the last reference to a finished
+    collective's tensors just after the Python side stopped waiting for it. When that happens while the interpreter is
+    finalizing, the worker cannot take the GIL, is unwound, and the C++ runtime aborts the process ("terminate called
+    without an active exception", exit code -6) although the run succeeded; torchrun then reports the whole job as
+    failed. Destroying the group while Python is still fully alive joins gloo's worker threads.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    gc.collect()  # Runner <-> loop/hook reference cycles keep the DDP wrapper, and with it the group, alive
