@@ -1,17 +1,34 @@
-"""The exact state-dict layouts of the original models (tests/data/*_official_state_dict_layout.json, every
-name and shape, produced by constructing the original code) and random state dicts with those layouts."""
+"""The exact state-dict layouts of the original (published) models and random state dicts with those layouts.
+
+``tests/data/layouts/<model-zoo entry name>.json`` holds every name and shape (in order) of the model a published
+checkpoint was saved from, produced by building the original code (see each file's ``source_repo``,
+``source_commit``, ``config``, ``built_with`` and ``notes``). One file per entry of ``checkpoints/model_zoo.json``
+that has a checkpoint (except Swin-L, too large to randomise in the test suite).
+"""
 import json
 import os.path as osp
 from collections import OrderedDict
+from typing import List
 
 import torch
 
-DATA_DIR = osp.join(osp.dirname(osp.abspath(__file__)), 'data')
+LAYOUT_DIR = osp.join(osp.dirname(osp.abspath(__file__)), 'data', 'layouts')
+
+
+def layout_path(name: str) -> str:
+    """Path of the layout of model-zoo entry ``name``."""
+    return osp.join(LAYOUT_DIR, f'{name}.json')
+
+
+def layout_names() -> List[str]:
+    """The model-zoo entry names that have a layout file."""
+    import os
+    return sorted(file[:-len('.json')] for file in os.listdir(LAYOUT_DIR) if file.endswith('.json'))
 
 
 def load_layout(name: str) -> dict:
-    """Layout ``name``: e.g. ``'co_deformable_detr_r50'``, ``'brs_detr_r50'``."""
-    with open(osp.join(DATA_DIR, f'{name}_official_state_dict_layout.json')) as f:
+    """Layout of model-zoo entry ``name``, e.g. ``'brs-detr_r50_12e_coco'``, ``'rs-atss_r50_fpn_12e_coco'``."""
+    with open(layout_path(name)) as f:
         return json.load(f)
 
 

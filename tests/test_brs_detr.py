@@ -442,7 +442,7 @@ def test_rs_r50_and_swin_configs():
 
 @pytest.fixture(scope='module')
 def official_layout():
-    return load_layout('brs_detr_r50')
+    return load_layout('brs-detr_r50_12e_coco')
 
 
 def test_released_checkpoint_layout_loads_strictly(official_layout):

@@ -343,9 +343,9 @@ def test_invalid_eval_module():
 
 @pytest.mark.parametrize('config, layout', [
     ('co_deformable_detr_r50_8xb2-12e_coco.py',
-     'co_deformable_detr_r50_official_state_dict_layout.json'),
+     'layouts/co-deformable-detr_r50_12e_coco_co-detr-paper.json'),
     ('co_deformable_detr_swin-t-p4-w7_8xb2-12e_coco.py',
-     'co_deformable_detr_swin_t_official_state_dict_layout.json'),
+     'layouts/co-deformable-detr_swin-t_12e_coco_co-detr-paper.json'),
 ])
 def test_full_config_matches_original_parameter_count(config, layout):
     cfg = Config.fromfile(osp.join(CONFIG_DIR, config))

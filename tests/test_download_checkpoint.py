@@ -1,16 +1,22 @@
-"""tools/download_checkpoint.py and the checksum-verified http loader, against a local HTTP server.
+"""tools/download_checkpoint.py, brs_detr.utils.download and brs_detr.zoo.install against a local HTTP server.
 
-No network: files are served from a temporary directory by ``http.server`` on 127.0.0.1 (ephemeral port,
-a thread, shut down in teardown); the tool is pointed at it with a temporary index or ``--url-override``.
+No network: a threaded ``http.server`` on 127.0.0.1 (ephemeral port, shut down in teardown) serves the files with
+the behaviours a real download meets: Range requests (206, 416), a server that ignores them, a connection that
+drops in the middle of the body, Google Drive's virus-scan confirmation form (hidden ``confirm``/``uuid`` inputs
+and a cookie), HTML error pages. Every test gets its own ``$BRS_DETR_HOME`` (trust key, first-use sha256 records)
+and ``$TORCH_HOME``.
 """
+import errno
 import hashlib
-import importlib.util
+import io
 import json
 import os
 import os.path as osp
+import socket
 import subprocess
 import sys
 import threading
+import types
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
@@ -21,87 +27,132 @@ import torch
 from torch import nn
 
 import brs_detr  # noqa: F401  (installs the loaders)
-from brs_detr.utils import trust
+from brs_detr.utils import download, known_hashes, trust
 from brs_detr.utils.checkpoint import UntrustedCheckpointError
-from mmengine.runner import CheckpointLoader, load_checkpoint
+from brs_detr.utils.model_zoo import (DEFAULT_INDEX, README_TABLE_BEGIN, README_TABLE_END, load_index,
+                                      markdown_table)
+from conftest import load_tool_module
+from mmengine.runner import CheckpointLoader
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 TOOL = osp.join(REPO_ROOT, 'tools', 'download_checkpoint.py')
 GDRIVE_UUID = 'test-uuid-1234'
+GDRIVE_COOKIE = 'download_warning_toy=t'
+
+tool = load_tool_module('download_checkpoint')
 
 
-def _load_tool():
-    spec = importlib.util.spec_from_file_location('download_checkpoint_tool', TOOL)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = _load_tool()
+def save_mmdet2_checkpoint(state_dict, path) -> None:
+    """Save like mmdet 2.x / mmcv 1.x: the meta pickles objects torch's safe loader refuses (a config object of a
+    class that no longer exists, numpy scalars) and the optimizer state is stored next to the weights."""
+    module = types.ModuleType('legacy_mmcv_utils_config')
+    config_dict = type('ConfigDict', (dict, ), {'__module__': module.__name__})
+    module.ConfigDict = config_dict
+    sys.modules[module.__name__] = module
+    try:
+        meta = dict(mmdet_version='2.25.3', config=config_dict(lr=0.012), epoch=np.int64(12), seed=np.int64(0),
+                    CLASSES=('person', 'bicycle', 'car'))
+        torch.save(dict(meta=meta, state_dict=state_dict, optimizer=dict(state={}, param_groups=[])), path)
+    finally:
+        del sys.modules[module.__name__]
 
 
 class Handler(SimpleHTTPRequestHandler):
-    """Static files plus a fake Google Drive confirmation page and a Range-capable route."""
+    """Static files plus the special routes (see the module docstring)."""
 
-    range_requests = []
+    requests = []  # (path, Range header) of every request
+    drops = set()  # files whose first transfer was already cut off
 
     def log_message(self, *args) -> None:  # keep pytest output clean
         pass
 
-    def _send_bytes(self, data: bytes, status: int = 200, content_type: str = 'application/octet-stream',
-                    extra_headers=None) -> None:
+    def _send(self, data: bytes, status: int = 200, content_type: str = 'application/octet-stream',
+              headers=None, body_bytes=None) -> None:
         self.send_response(status)
         self.send_header('Content-Type', content_type)
         self.send_header('Content-Length', str(len(data)))
-        for key, value in (extra_headers or {}).items():
+        for key, value in (headers or {}).items():
             self.send_header(key, value)
         self.end_headers()
-        self.wfile.write(data)
+        self.wfile.write(data[:body_bytes] if body_bytes is not None else data)
+
+    def _file(self, name: str) -> bytes:
+        with open(osp.join(self.directory, name), 'rb') as file:
+            return file.read()
+
+    def _ranged(self, data: bytes, honour_range: bool = True, body_bytes=None) -> None:
+        requested = self.headers.get('Range')
+        if honour_range and requested and requested.startswith('bytes=') and requested.endswith('-'):
+            start = int(requested[len('bytes='):-1])
+            if start >= len(data):
+                self._send(b'', status=416, headers={'Content-Range': f'bytes */{len(data)}'})
+                return
+            self._send(data[start:], status=206,
+                       headers={'Content-Range': f'bytes {start}-{len(data) - 1}/{len(data)}'}, body_bytes=body_bytes)
+        else:
+            self._send(data, body_bytes=body_bytes)
 
     def do_GET(self) -> None:
         parts = urlsplit(self.path)
         query = parse_qs(parts.query)
-        if parts.path == '/gdrive/download':
-            # Drive's "can't scan for viruses" page: a form whose hidden inputs must be sent back.
-            page = ('<html><body><p>Google Drive can\'t scan this file for viruses.</p>'
-                    '<form id="download-form" action="/gdrive/usercontent?id=toy&amp;export=download" method="get">'
+        Handler.requests.append((parts.path, self.headers.get('Range')))
+        route, _, name = parts.path.lstrip('/').partition('/')
+        if route == 'file':
+            self._ranged(self._file(name))
+        elif route == 'drop-once':
+            data = self._file(name)
+            if name not in Handler.drops:  # full Content-Length, then the connection closes after 40 % of it
+                Handler.drops.add(name)
+                self._ranged(data, body_bytes=len(data) * 2 // 5)
+            else:
+                self._ranged(data)
+        elif route == 'ignore-range':
+            self._ranged(self._file(name), honour_range=False)
+        elif route == 'gdrive' and name == 'download':  # ?id=NAME serves NAME.pth after the confirmation
+            file_id = query.get('id', ['toy'])[0]
+            page = ('<!DOCTYPE html><html><body><p>Google Drive can\'t scan this file for viruses.</p>'
+                    f'<form id="download-form" action="/gdrive/usercontent?id={file_id}&amp;export=download" '
+                    'method="get">'
                     '<input type="submit" value="Download anyway"/>'
                     '<input type="hidden" name="confirm" value="t">'
                     f'<input type="hidden" name="uuid" value="{GDRIVE_UUID}"></form></body></html>')
-            self._send_bytes(page.encode(), content_type='text/html; charset=utf-8')
-        elif parts.path == '/gdrive/usercontent':
-            if query.get('uuid') != [GDRIVE_UUID] or query.get('confirm') != ['t'] or query.get('id') != ['toy']:
-                self._send_bytes(b'<html>bad confirmation</html>', status=403, content_type='text/html')
-                return
-            with open(osp.join(self.directory, 'toy.pth'), 'rb') as file:
-                self._send_bytes(file.read())
-        elif parts.path.startswith('/ranged/'):
-            with open(osp.join(self.directory, parts.path[len('/ranged/'):]), 'rb') as file:
-                data = file.read()
-            requested = self.headers.get('Range')
-            Handler.range_requests.append(requested)
-            if requested and requested.startswith('bytes=') and requested.endswith('-'):
-                start = int(requested[len('bytes='):-1])
-                self._send_bytes(data[start:], status=206,
-                                 extra_headers={'Content-Range': f'bytes {start}-{len(data) - 1}/{len(data)}'})
+            self._send(page.encode(), content_type='text/html; charset=utf-8',
+                       headers={'Set-Cookie': f'{GDRIVE_COOKIE}; Path=/'})
+        elif route == 'gdrive' and name == 'usercontent':
+            confirmed = (query.get('uuid') == [GDRIVE_UUID] and query.get('confirm') == ['t'] and 'id' in query
+                         and GDRIVE_COOKIE in (self.headers.get('Cookie') or ''))
+            if not confirmed:
+                self._send(b'<html>bad confirmation</html>', status=403, content_type='text/html')
             else:
-                self._send_bytes(data)
+                self._ranged(self._file(query['id'][0] + '.pth'))
+        elif route == 'quota':  # Drive's error page
+            page = ('<html><body><div class="uc-error-caption">Sorry, you can\'t view or download this file at this '
+                    'time.</div><p class="uc-error-subcaption">Too many users have viewed or downloaded this file '
+                    'recently.</p></body></html>')
+            self._send(page.encode(), content_type='text/html; charset=utf-8')
+        elif route == 'html-as-binary':  # an HTML body that claims to be a file
+            self._send(b'<!DOCTYPE html>\n<html><head><title>Sign in</title></head><body>login</body></html>')
         else:
             super().do_GET()
 
 
 @pytest.fixture(scope='module')
 def server(tmp_path_factory):
-    """(base URL, served directory, sha256 of toy.pth). toy.pth pickles numpy scalars: it needs trust to load."""
+    """(base URL, served directory). toy.pth is an mmdet 2.x-style checkpoint; other.pth differs from it."""
     served = tmp_path_factory.mktemp('served')
-    torch.save(dict(state_dict=nn.Linear(2, 1).state_dict(), meta=dict(lr=np.float64(0.01), epoch=np.int64(12))),
-               served / 'toy.pth')
-    digest = hashlib.sha256((served / 'toy.pth').read_bytes()).hexdigest()
+    save_mmdet2_checkpoint(nn.Linear(64, 32).state_dict(), served / 'toy.pth')
+    save_mmdet2_checkpoint(nn.Linear(64, 31).state_dict(), served / 'other.pth')
+    digest = sha256_of(served / 'toy.pth')
     (served / f'toy-{digest[:8]}.pth').write_bytes((served / 'toy.pth').read_bytes())
+    # unpickling needs numpy only (what mmengine's Runner saves): loadable in full once trusted
+    torch.save(dict(state_dict=nn.Linear(2, 1).state_dict(), meta=dict(epoch=np.int64(12))), served / 'runner.pth')
+    runner_digest = sha256_of(served / 'runner.pth')
+    (served / f'runner-{runner_digest[:8]}.pth').write_bytes((served / 'runner.pth').read_bytes())
+    (served / 'not_a_checkpoint.pth').write_bytes(b'This is not a checkpoint, just a text file.\n' * 20)
     httpd = ThreadingHTTPServer(('127.0.0.1', 0), partial(Handler, directory=str(served)))
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
-    yield f'http://127.0.0.1:{httpd.server_address[1]}', served, digest
+    yield f'http://127.0.0.1:{httpd.server_address[1]}', served
     httpd.shutdown()
     httpd.server_close()
     thread.join(timeout=10)
@@ -113,146 +164,373 @@ def isolated_state(tmp_path, monkeypatch):
     monkeypatch.setenv('TORCH_HOME', str(tmp_path / 'torch_home'))
     monkeypatch.delenv(trust.TRUSTED_DIRS_ENV, raising=False)
     trust.reset_trust()
+    Handler.requests.clear()
     yield
     trust.reset_trust()
 
 
+def sha256_of(path) -> str:
+    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+
+
 def write_index(path, entries) -> str:
-    base = dict(gdrive_id=None, sha256=None, config='toy', box_ap=None, source='test', format='mmdet3',
-                needs_conversion=False)
-    path.write_text(json.dumps(dict(version=1, models=[dict(base, **entry) for entry in entries])))
+    base = dict(kind='detector', config='configs/toy/brs-paa_r18-tiny_2xb2-12e_toy-coco.py', format='mmdet2',
+                sha256=None, gdrive_id=None)
+    path.write_text(json.dumps(dict(version=2, models=[dict(base, **entry) for entry in entries])))
     return str(path)
 
 
-def test_download_verify_record_and_trusted_load(server, tmp_path):
-    base_url, _, digest = server
-    index = write_index(tmp_path / 'index.json',
-                        [dict(name='toy', url=f'{base_url}/toy.pth', sha256=digest, file_name='toy.pth')])
-    dest = tmp_path / 'checkpoints'
-    # End to end as a user runs it.
-    result = subprocess.run([sys.executable, TOOL, 'toy', '--index', index, '--dest', str(dest)],
-                            capture_output=True, text=True, timeout=300, env=dict(os.environ))
-    assert result.returncode == 0, result.stderr
-    path = str(dest / 'toy.pth')
-    assert f'sha256: {digest}' in result.stdout
-    assert f'path: {path}' in result.stdout
-    assert 'toy.pth: ' in result.stderr  # the progress line
-    assert sorted(os.listdir(dest)) == [trust.MANIFEST_NAME, 'toy.pth']  # no .partial left
-    entry = json.loads((dest / trust.MANIFEST_NAME).read_text())['files']['toy.pth']
-    assert entry['sha256'] == digest and entry['verified_by'] == 'sha256'
+def run(args, index, dest, *extra):
+    """The tool in-process, download only (these tests are about the transfer)."""
+    return tool.main([*args, '--index', index, '--dest', str(dest), '--quiet', '--no-convert', '--retry-wait', '0',
+                      *extra])
 
-    # The verified file is trusted: mmengine's load_checkpoint unpickles its numpy metadata.
-    model = nn.Linear(2, 1)
-    checkpoint = load_checkpoint(model, path, map_location='cpu', strict=True)
-    assert int(checkpoint['meta']['epoch']) == 12
-    # The very same bytes elsewhere, without a manifest entry, are refused.
-    copy = tmp_path / 'elsewhere' / 'toy.pth'
-    copy.parent.mkdir()
-    copy.write_bytes((dest / 'toy.pth').read_bytes())
+
+def original(dest, file_name='toy.pth'):
+    return dest / 'original' / file_name
+
+
+# ----------------------------------------------------------------------------- transfer
+
+
+def test_interrupted_download_is_resumed_with_range_and_gives_the_same_sha256(server, tmp_path, capsys):
+    base_url, served = server
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/drop-once/toy.pth',
+                                                       file_name='toy.pth')])
+    size = osp.getsize(served / 'toy.pth')
+    assert tool.main(['toy', '--index', index, '--dest', str(tmp_path / 'ckpt'), '--no-convert', '--retry-wait',
+                      '0']) == 0
+    err = capsys.readouterr().err
+    assert 'interrupted' in err and 'resuming' in err
+    assert Handler.requests == [('/drop-once/toy.pth', None), ('/drop-once/toy.pth', f'bytes={size * 2 // 5}-')]
+    assert sha256_of(original(tmp_path / 'ckpt')) == sha256_of(served / 'toy.pth')
+    assert not osp.exists(str(original(tmp_path / 'ckpt')) + '.partial')
+
+
+def test_left_over_partial_file_is_resumed_by_the_next_run(server, tmp_path):
+    base_url, served = server
+    data = (served / 'toy.pth').read_bytes()
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth',
+                                                       file_name='toy.pth')])
+    dest = tmp_path / 'ckpt'
+    (dest / 'original').mkdir(parents=True)
+    (dest / 'original' / 'toy.pth.partial').write_bytes(data[:1000])  # left by an interrupted run
+    assert run(['toy'], index, dest) == 0
+    assert Handler.requests == [('/file/toy.pth', 'bytes=1000-')]
+    assert original(dest).read_bytes() == data
+
+
+def test_server_ignoring_range_restarts_cleanly(server, tmp_path, capsys):
+    base_url, served = server
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/ignore-range/toy.pth',
+                                                       file_name='toy.pth')])
+    dest = tmp_path / 'ckpt'
+    (dest / 'original').mkdir(parents=True)
+    (dest / 'original' / 'toy.pth.partial').write_bytes(b'garbage that must not stay in front' * 10)
+    assert run(['toy'], index, dest) == 0
+    assert 'ignored the range request' in capsys.readouterr().err
+    assert original(dest).read_bytes() == (served / 'toy.pth').read_bytes()
+
+
+def test_partial_file_larger_than_the_file_restarts_cleanly(server, tmp_path, capsys):
+    base_url, served = server
+    data = (served / 'toy.pth').read_bytes()
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth',
+                                                       file_name='toy.pth')])
+    dest = tmp_path / 'ckpt'
+    (dest / 'original').mkdir(parents=True)
+    (dest / 'original' / 'toy.pth.partial').write_bytes(data + b'extra bytes')
+    assert run(['toy'], index, dest) == 0
+    assert 'larger than the file' in capsys.readouterr().err
+    assert Handler.requests == [('/file/toy.pth', f'bytes={len(data) + 11}-'), ('/file/toy.pth', None)]
+    assert original(dest).read_bytes() == data
+
+
+def test_google_drive_confirmation_page_is_followed(server, tmp_path, capsys):
+    base_url, served = server
+    index = write_index(tmp_path / 'index.json', [dict(name='authors', url='https://drive.google.com/file/d/x/view',
+                                                       gdrive_id='x', file_name='authors.pth')])
+    dest = tmp_path / 'ckpt'
+    assert run(['authors', '--url', f'{base_url}/gdrive/download'], index, dest) == 0
+    assert [path for path, _ in Handler.requests] == ['/gdrive/download', '/gdrive/usercontent']
+    digest = sha256_of(served / 'toy.pth')
+    assert sha256_of(original(dest, 'authors.pth')) == digest
+    out = capsys.readouterr().out
+    assert f'sha256 {digest}' in out and 'first use' in out
+    assert known_hashes.recorded('authors')['sha256'] == digest
+    # trusted on first use is not trusted for code execution: the raw file stays untrusted
+    assert not trust.is_trusted(original(dest, 'authors.pth'))
     with pytest.raises(UntrustedCheckpointError):
-        CheckpointLoader.load_checkpoint(str(copy))
-    # Tampering with the downloaded file revokes the trust.
-    with open(path, 'ab') as file:
-        file.write(b'\0')
-    assert not trust.is_trusted(path)
-
-    # A second run re-verifies the existing file instead of trusting it blindly.
-    assert tool.main(['toy', '--index', index, '--dest', str(dest), '--quiet']) == 1
+        CheckpointLoader.load_checkpoint(str(original(dest, 'authors.pth')))
 
 
-def test_hash_prefix_in_file_name_and_url_override(server, tmp_path, capsys):
-    base_url, _, digest = server
-    file_name = f'toy-{digest[:8]}.pth'
-    index = write_index(tmp_path / 'index.json',
-                        [dict(name='toy', url='https://example.invalid/unreachable.pth', file_name=file_name)])
-    dest = tmp_path / 'checkpoints'
-    assert tool.main(['toy', '--index', index, '--dest', str(dest), '--url-override', f'{base_url}/{file_name}',
-                      '--quiet']) == 0
-    assert 'verified (file-name hash prefix)' in capsys.readouterr().out
-    assert trust.is_trusted(dest / file_name)
+@pytest.mark.parametrize('route, message', [('quota', 'Too many users have viewed or downloaded this file'),
+                                            ('html-as-binary', 'HTML page instead of the file')])
+def test_html_body_is_rejected(server, tmp_path, capsys, route, message):
+    base_url, _ = server
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/{route}/x', file_name='toy.pth')])
+    dest = tmp_path / 'ckpt'
+    assert run(['toy'], index, dest) == 1
+    err = capsys.readouterr().err
+    assert message in err and 'To install it by hand' in err and str(original(dest)) in err
+    assert os.listdir(dest / 'original') == []  # nothing of the page was written
+    assert known_hashes.recorded('toy') is None
 
 
-def test_checksum_mismatch_removes_partial_file(server, tmp_path, capsys):
-    base_url, _, digest = server
+def test_body_that_is_no_checkpoint_is_moved_aside(server, tmp_path, capsys):
+    base_url, _ = server
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/not_a_checkpoint.pth',
+                                                       file_name='toy.pth')])
+    dest = tmp_path / 'ckpt'
+    assert run(['toy'], index, dest) == 1
+    assert 'is not a PyTorch checkpoint' in capsys.readouterr().err
+    assert [name.endswith('.rejected') for name in os.listdir(dest / 'original')] == [True]
+    assert known_hashes.recorded('toy') is None
+
+
+def test_checksum_mismatch_keeps_the_file_aside_and_never_loads_it(server, tmp_path, capsys, monkeypatch):
+    base_url, served = server
+    digest = sha256_of(served / 'toy.pth')
     wrong = ('0' if digest[0] != '0' else '1') + digest[1:]
-    index = write_index(tmp_path / 'index.json',
-                        [dict(name='toy', url=f'{base_url}/toy.pth', sha256=wrong, file_name='toy.pth')])
-    dest = tmp_path / 'checkpoints'
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth', sha256=wrong,
+                                                       file_name='toy.pth')])
+
+    def never(*args, **kwargs):
+        raise AssertionError('a file that failed its checksum was loaded')
+
+    monkeypatch.setattr('brs_detr.zoo.checkpoint_reader.read_checkpoint', never)
+    monkeypatch.setattr(torch, 'load', never)
+    dest = tmp_path / 'ckpt'
     assert tool.main(['toy', '--index', index, '--dest', str(dest), '--quiet']) == 1
-    error = capsys.readouterr().err
-    assert 'checksum mismatch' in error and f'expected sha256 {wrong}' in error and f'got {digest}' in error
-    assert os.listdir(dest) == []
+    err = capsys.readouterr().err
+    assert f'expected sha256 {wrong}, got {digest}' in err
+    rejected = dest / 'original' / f'toy.pth.sha256-{digest[:12]}.rejected'
+    assert str(rejected) in err and sha256_of(rejected) == digest
+    assert sorted(os.listdir(dest / 'original')) == [rejected.name]
+    assert not (dest / 'toy.pth').exists()
 
 
-def test_http_404_reports_status_and_url(server, tmp_path, capsys):
-    base_url, _, _ = server
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/toy.pth', file_name='toy.pth')])
-    missing = f'{base_url}/no/such/file.pth'
-    assert tool.main(['toy', '--index', index, '--dest', str(tmp_path / 'out'), '--url-override', missing]) == 1
-    error = capsys.readouterr().err
-    assert 'HTTP error 404' in error and missing in error
+def test_first_use_record_catches_a_changed_file(server, tmp_path, capsys):
+    base_url, served = server
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth',
+                                                       file_name='toy.pth')])
+    dest = tmp_path / 'ckpt'
+    assert run(['toy'], index, dest) == 0
+    first = known_hashes.recorded('toy')
+    assert first['sha256'] == sha256_of(served / 'toy.pth') and first['size'] == osp.getsize(served / 'toy.pth')
+    assert known_hashes.store_path().startswith(os.environ[trust.HOME_ENV])
+    # a later run checks the file on disk against the record ...
+    assert run(['toy'], index, dest) == 0
+    assert 'recorded on its first download' in capsys.readouterr().out
+    # ... and notices when it changed
+    original(dest).write_bytes((served / 'other.pth').read_bytes())
+    assert run(['toy'], index, dest) == 1
+    assert 'expected' in capsys.readouterr().err and not original(dest).exists()
+    # the server now serves another file under the same name: the re-download is refused too
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/other.pth',
+                                                       file_name='toy.pth')])
+    assert run(['toy'], index, dest) == 1
+    assert f'expected sha256 {first["sha256"]}' in capsys.readouterr().err
+    # --force accepts the new file as the new first-use record
+    assert run(['toy', '--force'], index, dest) == 0
+    assert known_hashes.recorded('toy')['sha256'] == sha256_of(served / 'other.pth')
+
+
+def test_no_network_error_says_which_url_and_how_to_place_the_file(tmp_path, capsys):
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+    url = f'http://127.0.0.1:{port}/toy.pth'
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=url, file_name='toy_mmdet2.pth')])
+    dest = tmp_path / 'ckpt'
+    assert run(['toy'], index, dest) == 1
+    err = capsys.readouterr().err
+    assert f'cannot reach {url}' in err
+    assert f'save it as\n    {dest / "original" / "toy_mmdet2.pth"}' in err
+    assert 'python tools/download_checkpoint.py toy` again' in err
+
+
+class _FullDisk(io.FileIO):
+    """A partial file on a disk that fills up after ``budget`` bytes."""
+
+    budget = 0
+
+    def write(self, data):
+        if self.tell() + len(data) > _FullDisk.budget:
+            allowed = max(_FullDisk.budget - self.tell(), 0)
+            super().write(bytes(data[:allowed]))
+            raise OSError(errno.ENOSPC, 'No space left on device')
+        return super().write(data)
+
+
+def test_disk_full_keeps_the_partial_file_and_the_next_run_resumes(server, tmp_path, capsys, monkeypatch):
+    base_url, served = server
+    data = (served / 'toy.pth').read_bytes()
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth',
+                                                       file_name='toy.pth')])
+    dest = tmp_path / 'ckpt'
+    _FullDisk.budget = 700
+    open_partial = download._open_partial
+    monkeypatch.setattr(download, '_open_partial', lambda path, mode: _FullDisk(path, mode))
+    assert run(['toy'], index, dest) == 1
+    err = capsys.readouterr().err
+    partial = str(original(dest)) + '.partial'
+    assert 'no space left on the device' in err and f'are kept in {partial}' in err and 'resume' in err
+    assert open(partial, 'rb').read() == data[:700]
+    monkeypatch.setattr(download, '_open_partial', open_partial)  # space was freed
+    assert run(['toy'], index, dest) == 0
+    assert Handler.requests[-1] == ('/file/toy.pth', 'bytes=700-')
+    assert original(dest).read_bytes() == data
+
+
+def test_hash_prefix_in_the_file_name_is_verified_and_trusted(server, tmp_path, capsys):
+    base_url, served = server
+    digest = sha256_of(served / 'toy.pth')
+    file_name = f'toy-{digest[:8]}.pth'
+    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/{file_name}',
+                                                       file_name=file_name, kind='pretrained', config=None)])
+    assert run(['toy'], index, tmp_path / 'unused') == 0
+    assert 'verified (sha256 prefix in the file name)' in capsys.readouterr().out
+    cached = osp.join(os.environ['TORCH_HOME'], 'hub', 'checkpoints', file_name)  # where init_cfg URLs look
+    assert trust.is_trusted(cached)
 
 
 def test_unknown_name_lists_known_names(tmp_path, capsys):
-    index = write_index(tmp_path / 'index.json', [
-        dict(name='alpha', url='http://127.0.0.1:9/a.pth', file_name='a.pth'),
-        dict(name='beta', url='http://127.0.0.1:9/b.pth', file_name='b.pth')
-    ])
-    assert tool.main(['gamma', '--index', index, '--dest', str(tmp_path / 'out')]) == 1
+    index = write_index(tmp_path / 'index.json', [dict(name='alpha', url='http://127.0.0.1:9/a.pth', file_name='a.pth'),
+                                                  dict(name='beta', url='http://127.0.0.1:9/b.pth', file_name='b.pth')])
+    assert run(['gamma'], index, tmp_path / 'out') == 1
     error = capsys.readouterr().err
     assert 'unknown checkpoint name "gamma"' in error and 'alpha, beta' in error
     assert not osp.exists(tmp_path / 'out')
 
 
-def test_google_drive_confirmation_page_is_followed(server, tmp_path, capsys):
-    base_url, _, digest = server
+def test_unreleased_and_manual_entries_explain_what_to_do(tmp_path, capsys):
     index = write_index(tmp_path / 'index.json', [
-        dict(name='authors', url='https://drive.google.com/file/d/x/view', gdrive_id='x', file_name='authors.pth',
-             format='mmdet2', needs_conversion=True)
-    ])
-    dest = tmp_path / 'checkpoints'
-    assert tool.main(['authors', '--index', index, '--dest', str(dest), '--url-override',
-                      f'{base_url}/gdrive/download', '--quiet']) == 0
-    out = capsys.readouterr()
-    assert f'sha256: {digest}' in out.out
-    assert 'NOT trusted' in out.err  # no checksum known: downloaded, but not trusted
-    assert 'tools/convert_checkpoint.py' in out.out
-    assert not trust.is_trusted(dest / 'authors.pth')
-    with pytest.raises(UntrustedCheckpointError):
-        CheckpointLoader.load_checkpoint(str(dest / 'authors.pth'))
-    # Explicit trust of the local file (what the loader's error message suggests).
-    assert tool.main(['--trust-file', str(dest / 'authors.pth')]) == 0
-    assert int(CheckpointLoader.load_checkpoint(str(dest / 'authors.pth'))['meta']['epoch']) == 12
+        dict(name='paper-only', url=None, file_name='p.pth', box_ap=42.3),
+        dict(name='folder', url=None, manual_url='https://drive.google.com/drive/folders/abc', file_name='f.pth')])
+    assert run(['paper-only'], index, tmp_path / 'ckpt') == 1
+    assert 'not released' in capsys.readouterr().err
+    assert run(['folder'], index, tmp_path / 'ckpt') == 1
+    err = capsys.readouterr().err
+    assert 'https://drive.google.com/drive/folders/abc' in err and str(tmp_path / 'ckpt' / 'original' / 'f.pth') in err
 
 
-def test_interrupted_download_is_resumed_with_range(server, tmp_path):
-    base_url, served, digest = server
-    data = (served / 'toy.pth').read_bytes()
-    index = write_index(tmp_path / 'index.json',
-                        [dict(name='toy', url=f'{base_url}/ranged/toy.pth', sha256=digest, file_name='toy.pth')])
-    dest = tmp_path / 'checkpoints'
+def test_progress_display_tty_and_plain(monkeypatch):
+    clock = iter(range(0, 10000, 11))  # 11 s per reading: more than both refresh periods
+    monkeypatch.setattr(download.time, 'monotonic', lambda: float(next(clock)))
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    meter = download.ProgressMeter('x.pth', total=4 * 1024 * 1024, done=0, stream=tty)
+    meter.update(1024 * 1024)
+    meter.finish()
+    assert meter.mode == 'tty'
+    text = tty.getvalue()
+    assert text.startswith('\rx.pth: [######......') and '1.0 MiB / 4.0 MiB ( 25.0%)' in text and 'KiB/s ETA ' in text
+    plain = io.StringIO()
+    meter = download.ProgressMeter('x.pth', total=4 * 1024 * 1024, done=0, stream=plain)
+    for _ in range(3):
+        meter.update(1024 * 1024)
+    meter.finish()
+    lines = plain.getvalue().splitlines()
+    assert meter.mode == 'plain' and '\r' not in plain.getvalue()
+    assert lines[0] == 'x.pth: downloading (4.0 MiB)' and 'ETA' in lines[1] and lines[-1].startswith('x.pth: done')
+
+
+# ----------------------------------------------------------------------------- the index
+
+
+def test_list_table_shows_what_is_downloaded(tmp_path, capsys):
+    index = load_index()
+    dest = tmp_path / 'ckpt'
     dest.mkdir()
-    (dest / 'toy.pth.partial').write_bytes(data[:len(data) // 2])  # left over by an interrupted run
-    Handler.range_requests.clear()
-    assert tool.main(['toy', '--index', index, '--dest', str(dest), '--quiet']) == 0
-    assert Handler.range_requests == [f'bytes={len(data) // 2}-']
-    assert (dest / 'toy.pth').read_bytes() == data
+    (dest / 'brs-detr_r50_12e_coco.pth').write_bytes(b'x')  # a converted checkpoint
+    assert tool.main(['--list', '--dest', str(dest)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ['name', 'config', 'published', 'AP', 'size', 'availability', 'downloaded']
+    rows = {line.split()[0]: line for line in lines[2:]}
+    assert set(rows) == set(index)
+    assert rows['brs-detr_r50_12e_coco'].split()[-2:] == ['download', 'yes']
+    assert 'configs/brs_detr/brs-detr_r50_4xb4-12e_coco.py' in rows['brs-detr_r50_12e_coco']
+    assert 'box 50.1' in rows['brs-detr_r50_12e_coco']
+    assert rows['brs-detr_swin-t_12e_coco'].split()[-2:] == ['download', 'no']
+    assert rows['brs-detr_swin-l_12e_coco'].split()[-3:] == ['not', 'released', '-']
+    assert 'manual download' in rows['co-deformable-detr_swin-t_12e_coco_co-detr-paper']
+    assert 'box 40.0, mask 36.4' in rows['rs-mask-rcnn_r50_fpn_12e_coco_rs-paper']
 
 
-def test_list(capsys):
-    assert tool.main(['--list']) == 0
-    out = capsys.readouterr().out
-    for name in ('co_dino_5scale_r50_1x_coco', 'brs_detr_r50_12e_coco_brs_authors', 'swin_tiny_patch4_window7_224'):
-        assert name in out
+def test_readme_table_is_generated_from_the_index():
+    readme = open(osp.join(REPO_ROOT, 'checkpoints', 'README.md'), encoding='utf-8').read()
+    block = readme[readme.index(README_TABLE_BEGIN) + len(README_TABLE_BEGIN):readme.index(README_TABLE_END)]
+    assert block.strip() == markdown_table(load_index()).strip(), (
+        'checkpoints/README.md is out of date: run python tools/download_checkpoint.py --update-readme')
+
+
+def test_update_readme_rewrites_only_the_table(tmp_path):
+    readme = tmp_path / 'README.md'
+    readme.write_text(f'intro\n{README_TABLE_BEGIN}\nold table\n{README_TABLE_END}\nrest\n')
+    assert tool.main(['--update-readme', str(readme)]) == 0
+    text = readme.read_text()
+    assert text.startswith('intro\n') and text.endswith(f'{README_TABLE_END}\nrest\n') and 'old table' not in text
+    assert markdown_table(load_index()) in text
 
 
 def test_http_loader_trusts_only_verified_downloads(server, tmp_path):
-    base_url, _, digest = server
+    base_url, served = server
+    digest = sha256_of(served / 'runner.pth')
     # File name carries the sha256 prefix (torch.hub convention): verified, cached, trusted.
-    checkpoint = CheckpointLoader.load_checkpoint(f'{base_url}/toy-{digest[:8]}.pth', map_location='cpu')
+    checkpoint = CheckpointLoader.load_checkpoint(f'{base_url}/runner-{digest[:8]}.pth', map_location='cpu')
     assert int(checkpoint['meta']['epoch']) == 12
-    cached = osp.join(os.environ['TORCH_HOME'], 'hub', 'checkpoints', f'toy-{digest[:8]}.pth')
+    cached = osp.join(os.environ['TORCH_HOME'], 'hub', 'checkpoints', f'runner-{digest[:8]}.pth')
     assert trust.is_trusted(cached)
     # Nothing to verify against: downloaded, but full unpickling is refused.
-    with pytest.raises(UntrustedCheckpointError, match='toy.pth'):
-        CheckpointLoader.load_checkpoint(f'{base_url}/toy.pth', map_location='cpu')
+    with pytest.raises(UntrustedCheckpointError, match='runner.pth'):
+        CheckpointLoader.load_checkpoint(f'{base_url}/runner.pth', map_location='cpu')
+
+
+def test_default_index_is_valid():
+    index = load_index(DEFAULT_INDEX)
+    assert len(index) >= 40
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+@pytest.mark.slow
+def test_download_convert_and_test_a_tiny_model_as_a_user_does(server, tmp_path, toy_coco_root, tool_env):
+    """download_checkpoint.py NAME (Drive confirmation page, mmdet 2.x pickled meta, optimizer state) leaves
+    checkpoints/NAME.pth, and tools/test.py CONFIG checkpoints/NAME.pth evaluates it with every key loaded."""
+    from brs_detr.zoo import build_model
+    base_url, served = server
+    config = 'configs/toy/brs-paa_r18-tiny_2xb2-12e_toy-coco.py'
+    torch.manual_seed(0)
+    state = build_model(osp.join(REPO_ROOT, config)).state_dict()  # the released CNN layout is this project's
+    save_mmdet2_checkpoint(state, served / 'brs_paa_toy.pth')
+    index = write_index(tmp_path / 'index.json', [dict(name='brs-paa_toy', url=f'{base_url}/gdrive/download?id='
+                                                       'brs_paa_toy', file_name='brs-paa_toy_mmdet2.pth',
+                                                       config=config)])
+    dest = tmp_path / 'checkpoints'
+    env = dict(tool_env, OMP_NUM_THREADS='1')
+    done = subprocess.run([sys.executable, TOOL, 'brs-paa_toy', '--index', index, '--dest', str(dest)],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert done.returncode == 0, done.stderr
+    converted = dest / 'brs-paa_toy.pth'
+    assert f'use: python tools/test.py {config} {osp.relpath(converted)}' in done.stdout
+    assert 'loads strictly into' in done.stdout
+    checkpoint = torch.load(converted, weights_only=True)  # plain: no trust needed
+    assert checkpoint['meta']['dataset_meta'] == dict(classes=('person', 'bicycle', 'car'))
+    assert checkpoint['meta']['source_sha256'] == sha256_of(served / 'brs_paa_toy.pth')
+    assert all(torch.equal(checkpoint['state_dict'][key], value) for key, value in state.items())
+    again = subprocess.run([sys.executable, TOOL, 'brs-paa_toy', '--index', index, '--dest', str(dest)],
+                           capture_output=True, text=True, timeout=600, env=env)
+    assert again.returncode == 0 and 'is up to date' in again.stdout
+    tested = subprocess.run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), osp.join(REPO_ROOT, config),
+                             str(converted), '--work-dir', str(tmp_path / 'work')], capture_output=True, text=True,
+                            timeout=600, env=env, cwd=toy_coco_root.parents[1])
+    output = tested.stdout + tested.stderr
+    assert tested.returncode == 0, output[-3000:]
+    assert 'coco/bbox_mAP' in output
+    assert 'missing keys' not in output and 'unexpected key' not in output
