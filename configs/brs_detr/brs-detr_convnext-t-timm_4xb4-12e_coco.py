@@ -1,0 +1,24 @@
+# BRS-DETR with timm's ConvNeXt-T (ImageNet-1k, 224) backbone, 12 epochs on COCO, 4 GPUs x 4 images (total batch
+# 16). BRS-DETR R50 settings with the backbone swapped; the optimiser follows the Swin-T variant (AdamW, weight
+# decay 0.05, backbone lr x 0.1). Not in the paper: no published result.
+# The backbone weights are timm's ConvNeXt-T, ImageNet-1k (convnext_tiny.fb_in1k), from
+#   https://huggingface.co/timm/convnext_tiny.fb_in1k/resolve/main/model.safetensors
+# saved as checkpoints/convnext_tiny.fb_in1k.safetensors (relative to the directory you train from); see
+# docs/timm_backbones.md. Needs timm (installed by tools/install.sh).
+_base_ = './brs-detr_r50_4xb4-12e_coco.py'
+
+pretrained = 'checkpoints/convnext_tiny.fb_in1k.safetensors'
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='TimmBackbone',
+        model_name='convnext_tiny.fb_in1k',  # timm's architecture.pretrained-tag
+        out_indices=(1, 2, 3),  # strides 8, 16, 32 as the ResNet-50 and Swin-T variants
+        frozen_stages=-1,
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint=pretrained)),
+    # channels of convnext_tiny's features 1, 2, 3:
+    # brs_detr.models.backbones.timm_feature_info('convnext_tiny', (1, 2, 3))
+    neck=dict(in_channels=[192, 384, 768]))
+
+optim_wrapper = dict(optimizer=dict(weight_decay=0.05))
