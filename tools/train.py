@@ -3,10 +3,12 @@
 Usage::
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr] [--resume [CHECKPOINT]]
-                          [--cfg-options KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+                          [--non-finite-loss {stop,skip}] [--max-consecutive-skips N] [--skip-data-check]
+                          [--cfg-options [+]KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
 Multi-process training goes through ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``.
-The logic lives in :func:`brs_detr.apis.train.train`; docs/tools.md describes the options.
+The logic lives in :func:`brs_detr.apis.train.train`; docs/tools.md describes the options, docs/reliability.md
+what happens on a crash, a NaN loss or bad input.
 """
 from __future__ import annotations
 
@@ -27,6 +29,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto', metavar='CHECKPOINT',
                         help='resume from CHECKPOINT; without a value, resume from the latest checkpoint in the '
                         'work_dir')
+    parser.add_argument('--non-finite-loss', choices=['stop', 'skip'],
+                        help='what to do when a loss is NaN/Inf: stop before the update (default) or skip the '
+                        'iteration (no optimizer step); overrides NonFiniteLossHook in the config')
+    parser.add_argument('--max-consecutive-skips', type=int, metavar='N',
+                        help='with --non-finite-loss skip: stop after more than N skipped iterations in a row '
+                        '(default 10)')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='do not check the annotation files and images before training')
     add_launch_arguments(parser)
     return parse_tool_args(parser, argv)
 

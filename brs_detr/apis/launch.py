@@ -7,21 +7,24 @@ prints ``<tool>: error: <message>`` (as argparse does) and exits with status 2, 
 from __future__ import annotations
 
 import argparse
+import difflib
+import inspect
 import logging
 import os
 import os.path as osp
 import sys
 import traceback
-from typing import Any, Callable, NoReturn, Optional, Sequence, Tuple, Type
+from typing import Any, Callable, Iterator, List, NoReturn, Optional, Sequence, Tuple, Type
 
 from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
+from mmengine.runner import Runner
 
+from brs_detr.datasets import DataCheckError, ImageLoadError
+from brs_detr.engine import CheckpointFitError, NonFiniteError, ReliableRunner
 from brs_detr.engine.dist import LauncherError, close_process_group
-from brs_detr.utils.checkpoint import UntrustedCheckpointError
+from brs_detr.utils.checkpoint import CheckpointReadError, UntrustedCheckpointError, check_checkpoint_readable
 
-#: Marker file written by mmengine's CheckpointHook into every work_dir.
-LAST_CHECKPOINT_MARKER = 'last_checkpoint'
 #: Exit status of a tool stopped by bad input (argparse's status for bad arguments).
 USAGE_ERROR_STATUS = 2
 
@@ -31,7 +34,16 @@ class ToolInputError(ValueError):
 
 
 #: Errors caused by the user's input: reported by :func:`run_tool_main` with their message and exit status 2.
-USER_ERRORS: Tuple[Type[BaseException], ...] = (ToolInputError, LauncherError, UntrustedCheckpointError)
+USER_ERRORS: Tuple[Type[BaseException], ...] = (ToolInputError, LauncherError, UntrustedCheckpointError,
+                                                  CheckpointReadError, CheckpointFitError, DataCheckError,
+                                                  ImageLoadError)
+#: Errors that stop a run whose input was fine: reported with their message (no traceback) and exit status 1.
+RUN_ERRORS: Tuple[Type[BaseException], ...] = (NonFiniteError, )
+#: Prefix of a ``--cfg-options`` key that is added to the config on purpose.
+NEW_KEY_PREFIX = '+'
+#: Top-level fields the Runner reads although configs often leave them out (``--cfg-options`` may add them).
+RUNNER_FIELDS = frozenset(inspect.signature(Runner.__init__).parameters) - {'self'} | {
+    'runner_type', 'model_wrapper_cfg', 'find_unused_parameters', 'compile', 'data_check'}
 
 
 def tool_name() -> str:
@@ -46,8 +58,13 @@ def fail(message: str) -> NoReturn:
 
 def warn(message: str) -> None:
     """Log a warning once per job: before the Runner exists every process would print it, so only rank 0 does."""
-    if os.environ.get('RANK', '0') == '0':
+    if is_main_launch_process():
         print_log(message, logger='current', level=logging.WARNING)
+
+
+def is_main_launch_process() -> bool:
+    """Whether this is rank 0 of the job (before the process group exists: from the launcher's environment)."""
+    return os.environ.get('RANK', '0') == '0'
 
 
 def is_url(path: str) -> bool:
@@ -55,24 +72,102 @@ def is_url(path: str) -> bool:
 
 
 def check_config_file(config_path: str) -> None:
-    """Raise :class:`ToolInputError` when the config file does not exist."""
-    if not osp.isfile(config_path):
-        raise ToolInputError(f'config file not found: {config_path}')
+    """Raise :class:`ToolInputError` when the config file does not exist, naming similar files of its folder."""
+    if osp.isfile(config_path):
+        return
+    folder = osp.dirname(config_path) or '.'
+    hint = ''
+    if osp.isdir(folder):
+        similar = difflib.get_close_matches(osp.basename(config_path), sorted(os.listdir(folder)), n=3, cutoff=0.5)
+        hint = f'; similar files in {folder}: {", ".join(similar)}' if similar else ''
+    else:
+        hint = f' (the folder {folder} does not exist either)'
+    raise ToolInputError(f'config file not found: {config_path}{hint}')
 
 
 def check_checkpoint_file(checkpoint: str, what: str = 'checkpoint') -> None:
-    """Raise :class:`ToolInputError` when a local checkpoint file does not exist (URLs are checked by the loader)."""
-    if not is_url(checkpoint) and not osp.isfile(checkpoint):
+    """Raise :class:`ToolInputError` when a local checkpoint file does not exist, or
+    :class:`~brs_detr.utils.checkpoint.CheckpointReadError` when it is empty or truncated (URLs are checked by the
+    loader)."""
+    if is_url(checkpoint):
+        return
+    if not osp.isfile(checkpoint):
         raise ToolInputError(f'{what} file not found: {checkpoint}')
+    check_checkpoint_readable(checkpoint)
+
+
+def _config_paths(node: Any, prefix: str = '') -> Iterator[str]:
+    """Every dotted key path of a config (list items by index)."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, (list, tuple)) else ()
+    for key, value in items:
+        path = f'{prefix}{key}'
+        yield path
+        yield from _config_paths(value, path + '.')
+
+
+def _deepest_existing(cfg: Config, key: str) -> Tuple[str, Any, bool]:
+    """``(longest existing prefix of key, its node, whether the whole key exists)``."""
+    node: Any = cfg._cfg_dict
+    walked: List[str] = []
+    for part in key.split('.'):
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        elif isinstance(node, (list, tuple)) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return '.'.join(walked), node, False
+        walked.append(part)
+    return key, node, True
+
+
+def check_cfg_options(cfg: Config, cfg_options: dict) -> dict:
+    """The ``--cfg-options`` with keys that must exist in ``cfg``, or carry the ``+`` opt-in for new ones.
+
+    mmengine's ``merge_from_dict`` silently adds any key: ``train_cfg.max_epoch=2`` (for ``max_epochs``) trains
+    with the config's value and no warning. Here every key must exist in the config, except keys under a top-level
+    Runner field the config does not set (``randomness.seed=0``) and under ``data_check``; a key written
+    ``+key=value`` is added deliberately.
+
+    Returns:
+        The options with the ``+`` removed, for ``merge_from_dict``.
+
+    Raises:
+        ToolInputError: Names each unknown key with the closest existing keys.
+    """
+    checked, unknown = {}, []
+    for key, value in cfg_options.items():
+        if key.startswith(NEW_KEY_PREFIX):
+            checked[key[len(NEW_KEY_PREFIX):]] = value
+            continue
+        checked[key] = value
+        top = key.split('.')[0]
+        if top not in cfg and top in RUNNER_FIELDS:
+            continue
+        if not _deepest_existing(cfg, key)[2]:
+            unknown.append(key)
+    if not unknown:
+        return checked
+    paths = list(_config_paths(cfg._cfg_dict))
+    lines = []
+    for key in unknown:
+        prefix, node, _ = _deepest_existing(cfg, key)
+        siblings = [f'{prefix}.{k}' if prefix else str(k) for k in node] if isinstance(node, dict) else []
+        close = difflib.get_close_matches(key, siblings, n=3, cutoff=0.5) or difflib.get_close_matches(
+            key, paths, n=3, cutoff=0.6)
+        lines.append(f'--cfg-options {key}: no such key in {cfg.filename}' +
+                     (f'; closest existing keys: {", ".join(close)}' if close else '') +
+                     (f' (under {prefix}: {", ".join(map(str, node))})' if not close and siblings else ''))
+    raise ToolInputError('\n'.join(lines) + f'\n(mmengine would add the key silently. To add a new key on purpose, '
+                         f'write it as {NEW_KEY_PREFIX}KEY=VALUE, e.g. {NEW_KEY_PREFIX}{unknown[0]}=...)')
 
 
 def load_config(config_path: str, cfg_options: Optional[dict], launcher: str) -> Config:
-    """Read ``config_path``, apply ``--cfg-options`` and set the launcher; a missing file fails clearly."""
+    """Read ``config_path``, apply ``--cfg-options`` (checked by :func:`check_cfg_options`), set the launcher."""
     check_config_file(config_path)
     cfg = Config.fromfile(config_path)
     cfg.launcher = launcher
     if cfg_options is not None:
-        cfg.merge_from_dict(cfg_options)
+        cfg.merge_from_dict(check_cfg_options(cfg, cfg_options))
     return cfg
 
 
@@ -84,29 +179,12 @@ def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
 
 
-def is_runner_work_dir(path: str) -> bool:
-    """Whether ``path`` is a work_dir written by an mmengine Runner (its CheckpointHook's ``last_checkpoint``)."""
-    return osp.isfile(osp.join(path, LAST_CHECKPOINT_MARKER))
-
-
-def trust_checkpoint_dir(checkpoint: str) -> None:
-    """Trust the directory of a local ``checkpoint`` only if it is a Runner work_dir (a run of ours)."""
-    from brs_detr.utils.trust import trust_directory
-    if is_url(checkpoint):
-        return
-    ckpt_dir = osp.dirname(osp.abspath(checkpoint))
-    if is_runner_work_dir(ckpt_dir):
-        trust_directory(ckpt_dir)
-
-
 def build_runner(cfg: Config):
-    """Build the Runner named by ``runner_type`` (default: mmengine's Runner)."""
-    from mmengine.runner import Runner
-
+    """Build the Runner named by ``runner_type`` (default: :class:`~brs_detr.engine.ReliableRunner`)."""
     from mmdet.registry import RUNNERS
 
     if 'runner_type' not in cfg:
-        return Runner.from_cfg(cfg)
+        return ReliableRunner.from_cfg(cfg)
     return RUNNERS.build(cfg)
 
 
@@ -115,7 +193,7 @@ def add_launch_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override settings of the config, as xxx=yyy pairs merged into it; a list is '
                         'key="[a,b]" or key=a,b, nested lists/tuples key="[(a,b),(c,d)]" (quotes needed, no '
-                        'white space)')
+                        'white space). The key must exist in the config; write +xxx=yyy to add a new key')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'], default='none',
                         help='job launcher')
     # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
@@ -134,7 +212,8 @@ def run_tool_main(main: Callable[[], Any]) -> NoReturn:
     """Run a tool's ``main``, report bad input in one line, and take the process group down before exiting.
 
     Exit status: 0 on success; 2 and ``<tool>: error: <message>`` for one of :data:`USER_ERRORS` (no traceback:
-    the message says what is wrong); ``SystemExit``'s code; or 1 after any other exception (its traceback is printed
+    the message says what is wrong); 1 and the message for one of :data:`RUN_ERRORS` (a NaN loss);
+    ``SystemExit``'s code; or 1 after any other exception (its traceback is printed
     first; the exception is dropped so that its frames do not keep the Runner alive). Before exiting, the Runner
     (whose DDP wrapper holds the process group) is released and the group destroyed (see
     :func:`brs_detr.engine.dist.close_process_group`).
@@ -147,6 +226,9 @@ def run_tool_main(main: Callable[[], Any]) -> NoReturn:
     except USER_ERRORS as error:
         print(f'{tool_name()}: error: {error}', file=sys.stderr)
         exit_code = USAGE_ERROR_STATUS
+    except RUN_ERRORS as error:
+        print(f'{tool_name()}: error: {error}', file=sys.stderr)
+        exit_code = 1
     except BaseException:  # noqa: B902  (reported like the interpreter would, then the group is taken down)
         traceback.print_exc()
         exit_code = 1

@@ -1,7 +1,10 @@
 """Testing as ``tools/test.py`` runs it (mmdet's ``tools/test.py`` interface, plus brs-detr's safety).
 
-* The checkpoint's directory is trusted for full unpickling only when it is a Runner work_dir (it holds a
-  ``last_checkpoint`` marker); any other checkpoint is loaded with ``weights_only=True`` unless trusted.
+* The checkpoint must fit the model exactly (no missing or reshaped weights: ``ReliableRunner.checkpoint_fit =
+  'weights'``); mmengine would test a partly random network with a warning.
+* A checkpoint is unpickled beyond its weights only when it is trusted: saved by a brs-detr Runner of this user
+  (signed manifest entry), verified by ``tools/download_checkpoint.py``, or trusted explicitly.
+* The test set is checked before the Runner starts (:func:`brs_detr.datasets.check_datasets`).
 * ``--out`` writes the predictions pickle atomically (temporary file in the same directory, then ``os.replace``).
 * ``--show`` without a display is turned off with a warning instead of crashing; ``--show-dir`` needs no display.
 * On a machine without CUDA a distributed run uses gloo (see :mod:`brs_detr.apis.train`).
@@ -15,11 +18,15 @@ from typing import Optional
 
 from mmengine.config import Config
 
-from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
-                     set_work_dir, trust_checkpoint_dir, warn)
+from brs_detr.datasets import check_datasets, name_images_in_load_errors
+from brs_detr.engine.dist import setup_distributed_without_cuda
+from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, is_main_launch_process,
+                     load_config, set_work_dir, warn)
 
 #: File suffixes ``--out`` accepts (mmdet's DumpDetResults writes a pickle).
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
+#: The split tools/test.py reads.
+TEST_SPLITS = ('test', )
 
 
 def atomic_dump_metric(out_file_path: str):
@@ -74,7 +81,6 @@ def test(args: argparse.Namespace) -> None:
         raise ToolInputError(f'--out must name a .pkl or .pickle file, got {args.out}')
     check_config_file(args.config)
     check_checkpoint_file(args.checkpoint)
-    from brs_detr.engine.dist import setup_distributed_without_cuda
 
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     set_work_dir(cfg, args.work_dir, args.config)
@@ -87,11 +93,16 @@ def test(args: argparse.Namespace) -> None:
         show = False
     if show or args.show_dir:
         enable_visualization(cfg, show, args.show_dir, args.wait_time)
+    name_images_in_load_errors(cfg, TEST_SPLITS)
+    if args.skip_data_check:
+        warn('--skip-data-check: the test set is not checked')
+    elif is_main_launch_process():
+        check_datasets(cfg, TEST_SPLITS)
 
     setup_distributed_without_cuda(cfg)
-    trust_checkpoint_dir(args.checkpoint)
 
     runner = build_runner(cfg)
+    runner.checkpoint_fit = 'weights'
     if args.out is not None:
         runner.test_evaluator.metrics.append(atomic_dump_metric(args.out))
     runner.test()

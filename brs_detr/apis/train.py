@@ -2,11 +2,18 @@
 
 * ``import brs_detr`` registers the project's modules and installs its checkpoint loader, so any config of this
   project or of mmdet works without ``custom_imports``.
+* Every run is crash-safe and exactly resumable (:func:`brs_detr.engine.reliability.use_resumable_training`), stops
+  on a NaN/Inf loss before the update (or skips it; :class:`~brs_detr.engine.hooks.NonFiniteLossHook`), and checks
+  its datasets before the Runner starts (:func:`brs_detr.datasets.check_datasets`). docs/reliability.md lists what
+  happens in each case.
 * The run's work_dir is registered as trusted for checkpoint loading (``brs_detr.utils.checkpoint``), so resuming
-  from the Runner's own checkpoints works under torch >= 2.6 (``torch.load(weights_only=True)`` by default).
+  from the Runner's own checkpoints works under torch >= 2.6 (``torch.load(weights_only=True)`` by default). Any
+  other checkpoint needs a signed manifest entry (written when a brs-detr Runner of this user saved it, or by
+  ``tools/download_checkpoint.py``) or explicit trust to be unpickled beyond weights.
 * On a machine without CUDA a distributed run uses the gloo backend instead of nccl (with a warning) and DDP without
   ``device_ids``; mmengine itself would call ``torch.cuda.set_device`` and fail.
-* Bad input (missing config or checkpoint, ``--amp`` without an accelerator) fails early with a clear message.
+* Bad input (missing config or checkpoint, unknown ``--cfg-options`` key, ``--amp`` without an accelerator, broken
+  data) fails before the Runner starts, with a message naming the file and the problem.
 """
 from __future__ import annotations
 
@@ -16,8 +23,12 @@ import os.path as osp
 
 from mmengine.config import Config
 
-from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
-                     set_work_dir, trust_checkpoint_dir, warn)
+from brs_detr.datasets import check_datasets, name_images_in_load_errors
+from brs_detr.engine.dist import setup_distributed_without_cuda
+from brs_detr.engine.reliability import guard_non_finite_loss, use_resumable_training
+from brs_detr.utils.trust import trust_directory
+from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, is_main_launch_process,
+                     load_config, set_work_dir, warn)
 
 
 def check_amp_device() -> None:
@@ -57,16 +68,19 @@ def set_resume(cfg: Config, resume: str) -> None:
     cfg.load_from = None if resume == 'auto' else resume
 
 
+def validated_splits(cfg: Config) -> list:
+    """The splits a training run reads: train, and val when the config validates."""
+    validates = all(cfg.get(key) for key in ('val_cfg', 'val_dataloader', 'val_evaluator'))
+    return ['train', 'val'] if validates else ['train']
+
+
 def train(args: argparse.Namespace) -> None:
     """Train as ``tools/train.py`` does with the parsed ``args`` (see ``tools/train.py --help``)."""
-    # cheap checks first: building the Runner takes seconds
     check_config_file(args.config)
     if args.resume not in (None, 'auto'):
         check_checkpoint_file(args.resume, 'resume checkpoint')
     if args.amp:
         check_amp_device()
-    from brs_detr.engine.dist import setup_distributed_without_cuda
-    from brs_detr.utils.trust import trust_directory
 
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     set_work_dir(cfg, args.work_dir, args.config)
@@ -76,18 +90,23 @@ def train(args: argparse.Namespace) -> None:
         enable_auto_scale_lr(cfg, args.config)
     if args.resume is not None:
         set_resume(cfg, args.resume)
+    elif cfg.get('load_from'):
+        check_checkpoint_file(cfg.load_from, 'load_from checkpoint')
+    use_resumable_training(cfg)
+    guard_non_finite_loss(cfg, args.non_finite_loss, args.max_consecutive_skips)
+    splits = validated_splits(cfg)
+    name_images_in_load_errors(cfg, splits)
+    if args.skip_data_check:
+        warn('--skip-data-check: the datasets are not checked before training')
+    elif is_main_launch_process():
+        check_datasets(cfg, splits)
 
     setup_distributed_without_cuda(cfg)
 
-    # This run writes its own checkpoints into work_dir and may resume from them.
+    # This run writes its own checkpoints into work_dir and may resume from them. Checkpoints elsewhere are
+    # trusted only through their signed manifest entries (brs_detr.utils.trust) or the user's explicit trust.
     os.makedirs(cfg.work_dir, exist_ok=True)
     trust_directory(osp.abspath(cfg.work_dir))
-    if args.resume not in (None, 'auto'):
-        trust_checkpoint_dir(args.resume)
-    elif args.resume == 'auto':
-        from mmengine.runner import find_latest_checkpoint
-        if find_latest_checkpoint(cfg.work_dir) is None:
-            warn(f'--resume: no checkpoint found in {cfg.work_dir}; training starts from scratch')
 
     runner = build_runner(cfg)
     runner.train()

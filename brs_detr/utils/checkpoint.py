@@ -23,7 +23,9 @@ import os
 import os.path as osp
 import pickle
 import re
-from typing import Any, Callable, Optional, Union
+import zipfile
+from dataclasses import dataclass, field
+from typing import Any, Callable, List, Mapping, Optional, Union
 from urllib.parse import urlparse
 
 import torch
@@ -37,7 +39,7 @@ from .trust import (MANIFEST_NAME, TRUSTED_DIRS_ENV, is_trusted, record_trusted_
                     trust_file, trust_reason)
 
 __all__ = [
-    'UntrustedCheckpointError', 'safe_torch_load', 'load_from_local_safe', 'load_from_http_safe',
+    'UntrustedCheckpointError', 'CheckpointReadError', 'check_checkpoint_readable', 'StateDictFit', 'state_dict_fit', 'safe_torch_load', 'load_from_local_safe', 'load_from_http_safe',
     'load_from_torchvision_safe', 'install', 'trust_directory', 'trust_file', 'is_trusted', 'TORCHVISION_URLS'
 ]
 
@@ -52,12 +54,42 @@ TORCHVISION_URLS = {
     'resnet152': 'https://download.pytorch.org/models/resnet152-394f9c45.pth',
 }
 _WEIGHTS_ONLY_FAILURE = 'Weights only load failed'
+#: First bytes of a zip archive (torch >= 1.6 saves checkpoints as zip archives).
+_ZIP_MAGIC = b'PK\x03\x04'
 _REJECTION_DETAIL = re.compile(r'(Unsupported global: GLOBAL \S+|Trying to load unsupported GLOBAL \S+|'
                                r'Unsupported operand \d+)')
 
 
 class UntrustedCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs full unpickling (code execution) but its file is not trusted."""
+
+
+class CheckpointReadError(RuntimeError):
+    """A checkpoint file cannot be read: empty, truncated or corrupt."""
+
+
+def _read_error(path: str, detail: object) -> CheckpointReadError:
+    size = osp.getsize(path) if osp.isfile(path) else 0
+    return CheckpointReadError(f'Cannot read checkpoint {path} ({size} bytes): {detail}. The file is truncated or '
+                               f'corrupt (an interrupted copy, download or save?); it was left as it is.')
+
+
+def check_checkpoint_readable(path: str) -> None:
+    """Cheap check that a local checkpoint file is complete, without loading it.
+
+    torch's zip format keeps its directory at the end of the file: a truncated file has none, which
+    :func:`zipfile.is_zipfile` sees from the last bytes alone. Legacy (pre-1.6) pickles are only checked for being
+    non-empty.
+
+    Raises:
+        CheckpointReadError: The file is empty, or a zip archive whose end is missing.
+    """
+    with open(path, 'rb') as file:
+        head = file.read(len(_ZIP_MAGIC))
+    if not head:
+        raise _read_error(path, 'the file is empty')
+    if head == _ZIP_MAGIC and not zipfile.is_zipfile(path):
+        raise _read_error(path, 'its zip directory is missing')
 
 
 def _rejection_detail(error: BaseException) -> str:
@@ -95,15 +127,16 @@ def safe_torch_load(path: str, map_location: MapLocation = None) -> Any:
 
     Raises:
         UntrustedCheckpointError: ``weights_only=True`` rejects the file and it is not trusted.
+        CheckpointReadError: The file is truncated or corrupt.
     """
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
         if _WEIGHTS_ONLY_FAILURE not in str(error):
-            raise
+            raise _read_error(path, error) from error
         detail = _rejection_detail(error)
-    except RuntimeError as error:  # truncated or corrupt zip archive
-        raise RuntimeError(f'Cannot read checkpoint {path}: {error}') from error
+    except (RuntimeError, EOFError, zipfile.BadZipFile) as error:  # truncated or corrupt zip archive / pickle
+        raise _read_error(path, error) from error
     reason = trust_reason(path)
     if reason is None:
         raise UntrustedCheckpointError(_untrusted_message(path, detail))
@@ -228,3 +261,63 @@ def install() -> None:
     """
     _install_loaders()
     _install_backend()
+
+
+# ----------------------------------------------------------------------------- does a state dict fit a model?
+#: How many keys of each kind :meth:`StateDictFit.describe` lists.
+MAX_KEYS_LISTED = 5
+
+
+@dataclass
+class StateDictFit:
+    """How a checkpoint's state dict fits a model's: what would load, what would not.
+
+    Attributes:
+        num_model_keys: Entries of the model's state dict.
+        missing: Model keys the checkpoint lacks (they keep their initial values).
+        unexpected: Checkpoint keys the model does not have (ignored).
+        reshaped: ``'key: checkpoint (shape) vs model (shape)'`` for keys in both with different shapes (not
+            loaded).
+    """
+
+    num_model_keys: int
+    missing: List[str] = field(default_factory=list)
+    unexpected: List[str] = field(default_factory=list)
+    reshaped: List[str] = field(default_factory=list)
+
+    @property
+    def num_loaded(self) -> int:
+        """Model entries the checkpoint provides with the right shape."""
+        return self.num_model_keys - len(self.missing) - len(self.reshaped)
+
+    @property
+    def exact(self) -> bool:
+        return not (self.missing or self.unexpected or self.reshaped)
+
+    def describe(self, limit: int = MAX_KEYS_LISTED) -> str:
+        """One line per kind of difference, each listing its first ``limit`` keys."""
+
+        def listed(keys: List[str]) -> str:
+            return ', '.join(keys[:limit]) + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+        parts = [f'{self.num_loaded} of the model\'s {self.num_model_keys} entries fit']
+        for keys, what in ((self.missing, 'missing from the checkpoint'),
+                           (self.reshaped, 'with another shape in the checkpoint'),
+                           (self.unexpected, 'in the checkpoint but not in the model')):
+            if keys:
+                parts.append(f'{len(keys)} {what}: {listed(keys)}')
+        return '; '.join(parts)
+
+
+def state_dict_fit(model_state: Mapping[str, Any], checkpoint_state: Mapping[str, Any]) -> StateDictFit:
+    """Compare names and shapes of a checkpoint's state dict with a model's (``model.state_dict()``)."""
+    fit = StateDictFit(num_model_keys=len(model_state))
+    for key, value in model_state.items():
+        if key not in checkpoint_state:
+            fit.missing.append(key)
+            continue
+        theirs = getattr(checkpoint_state[key], 'shape', None)
+        if theirs is not None and tuple(theirs) != tuple(value.shape):
+            fit.reshaped.append(f'{key}: checkpoint {tuple(theirs)} vs model {tuple(value.shape)}')
+    fit.unexpected = [key for key in checkpoint_state if key not in model_state]
+    return fit

@@ -1,0 +1,317 @@
+"""Check a COCO-format annotation file and the image files it names, before any training starts.
+
+mmdet's :class:`~mmdet.datasets.CocoDataset` reads the file with pycocotools and then, silently: drops boxes with a
+width or height under 1 px, a zero area or no overlap with the image; drops annotations of categories the config does
+not train; numbers the config's classes in the order the *file* lists them (a config listing them in another order
+names every class wrongly in the evaluation); and drops images without annotations (``filter_empty_gt``). A
+truncated JSON fails deep in ``json`` with a position only, and a missing image fails when its batch comes, hours into
+training. :func:`check_coco_file` reads the file once and reports all of this with the file, the annotation ids and
+what is wrong, so that a training run starts only on data that loads.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import os.path as osp
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
+
+from mmengine.logging import print_log
+
+#: Boxes narrower or lower than this are dropped by mmdet's CocoDataset (``w < 1 or h < 1``).
+MIN_BOX_SIZE = 1.0
+#: Policies for invalid boxes.
+BOX_POLICIES = ('warn', 'error')
+#: How many offending items an error or warning lists.
+MAX_LISTED = 5
+
+
+class DataCheckError(ValueError):
+    """The data a config names cannot be trained on or evaluated: the message says which file and what is wrong."""
+
+
+@dataclass
+class DataCheckPolicy:
+    """What :func:`check_coco_file` tolerates (config key ``data_check``; see docs/reliability.md).
+
+    Attributes:
+        invalid_boxes: ``'warn'`` (default): boxes with a width or height under ``MIN_BOX_SIZE``, a non-positive
+            area, or reaching more than ``outside_tolerance`` px outside their image are listed in a warning and
+            trained as mmdet does (it drops the degenerate ones and the ones entirely outside the image, keeps the
+            rest). COCO train2017 has a few such boxes (e.g. two of height 0). ``'error'``: refuse them.
+        max_invalid_box_fraction: Refuse the file anyway when more than this fraction of its boxes is invalid: a
+            systematic error (``[x1, y1, x2, y2]`` instead of ``[x, y, w, h]``, boxes of resized images), not noise.
+        outside_tolerance: Pixels a box may reach beyond its image before it counts as outside (rounding).
+        check_image_files: Check that every image file exists and is not empty (one directory listing per folder
+            plus one ``stat`` per image).
+    """
+
+    invalid_boxes: str = 'warn'
+    max_invalid_box_fraction: float = 0.01
+    outside_tolerance: float = 1.0
+    check_image_files: bool = True
+
+    def __post_init__(self) -> None:
+        if self.invalid_boxes not in BOX_POLICIES:
+            raise DataCheckError(f'data_check.invalid_boxes must be one of {BOX_POLICIES}, got {self.invalid_boxes!r}')
+
+
+@dataclass
+class CocoCheckReport:
+    """What :func:`check_coco_file` found in an annotation file that passed."""
+
+    ann_file: str
+    num_images: int = 0
+    num_annotations: int = 0
+    #: Images without any annotation of the config's classes (``filter_empty_gt`` leaves them out of training).
+    empty_images: int = 0
+    #: ``(annotation id, what is wrong)`` for every invalid box.
+    invalid_boxes: List[Tuple[object, str]] = field(default_factory=list)
+    #: Annotations per category name that the config does not train (mmdet ignores them).
+    ignored_categories: Dict[str, int] = field(default_factory=dict)
+    warnings: List[str] = field(default_factory=list)
+
+
+def _listed(items: Sequence[object], limit: int = MAX_LISTED) -> str:
+    shown = ', '.join(str(item) for item in items[:limit])
+    return shown + (f', ... ({len(items) - limit} more)' if len(items) > limit else '')
+
+
+def load_annotation_json(ann_file: str) -> dict:
+    """Read a COCO annotation file; any problem raises :class:`DataCheckError` naming the file and the position."""
+    if not osp.isfile(ann_file):
+        raise DataCheckError(f'annotation file not found: {ann_file}')
+    try:
+        with open(ann_file, 'rb') as file:
+            raw = file.read()
+        text = raw.decode('utf-8-sig')
+    except UnicodeDecodeError as error:
+        raise DataCheckError(f'{ann_file} is not UTF-8 text (byte {error.start}): not a COCO JSON file') from error
+    except OSError as error:
+        raise DataCheckError(f'cannot read annotation file {ann_file}: {error}') from error
+    if not text.strip():
+        raise DataCheckError(f'annotation file {ann_file} is empty ({len(raw)} bytes)')
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as error:
+        stripped = text.rstrip()
+        ending = ('' if stripped.endswith(('}', ']')) else
+                  f'; the file stops without closing its JSON ({len(raw)} bytes): it is probably truncated')
+        raise DataCheckError(f'{ann_file} is not valid JSON: {error.msg} (line {error.lineno}, column '
+                             f'{error.colno}){ending}') from error
+    if not isinstance(content, dict):
+        raise DataCheckError(f'{ann_file}: a COCO annotation file is a JSON object with "images", "annotations" and '
+                             f'"categories"; this one is a {type(content).__name__}')
+    for key in ('images', 'annotations', 'categories'):
+        if not isinstance(content.get(key), list):
+            raise DataCheckError(f'{ann_file}: "{key}" is missing or not a list (keys: {sorted(content)})')
+    return content
+
+
+def _index_images(ann_file: str, images: List[dict]) -> Dict[object, dict]:
+    by_id: Dict[object, dict] = {}
+    for position, image in enumerate(images):
+        if not isinstance(image, dict) or 'id' not in image:
+            raise DataCheckError(f'{ann_file}: images[{position}] has no "id"')
+        missing = [key for key in ('file_name', 'width', 'height') if key not in image]
+        if missing:
+            raise DataCheckError(f'{ann_file}: image id {image["id"]} has no {", ".join(missing)}')
+        if not (isinstance(image['width'], (int, float)) and isinstance(image['height'], (int, float))
+                and image['width'] > 0 and image['height'] > 0):
+            raise DataCheckError(f'{ann_file}: image id {image["id"]} ({image["file_name"]}) has size '
+                                 f'{image["width"]}x{image["height"]}')
+        if image['id'] in by_id:
+            raise DataCheckError(f'{ann_file}: image id {image["id"]} is used twice ({by_id[image["id"]]["file_name"]}'
+                                 f' and {image["file_name"]})')
+        by_id[image['id']] = image
+    return by_id
+
+
+def _check_categories(ann_file: str, categories: List[dict], classes: Sequence[str]) -> Dict[object, str]:
+    """The file's category id -> name; the config's classes must all be there, in the file's order."""
+    names = {}
+    for position, category in enumerate(categories):
+        if not isinstance(category, dict) or 'id' not in category or 'name' not in category:
+            raise DataCheckError(f'{ann_file}: categories[{position}] needs "id" and "name", got {category!r}')
+        names[category['id']] = category['name']
+    file_names = [category['name'] for category in categories]
+    absent = [name for name in classes if name not in file_names]
+    if absent:
+        raise DataCheckError(f'{ann_file}: the config\'s classes {absent} are not categories of this file (its '
+                             f'categories: {_listed(file_names, 20)}). Set metainfo=dict(classes=...) in the '
+                             f'dataset config to the names the file uses.')
+    in_file_order = [name for name in file_names if name in classes]
+    if in_file_order != list(classes):
+        raise DataCheckError(f'{ann_file}: the config lists its classes in another order than the file '
+                             f'({list(classes)} vs {in_file_order}); mmdet numbers the labels in the file\'s order, '
+                             f'so every class would be evaluated and drawn under another name. List the classes in '
+                             f'the file\'s order.')
+    return names
+
+
+def _box_problem(bbox: object, area: object, image: dict, tolerance: float) -> Optional[str]:
+    """What is wrong with a COCO ``[x, y, w, h]`` box, or ``None``."""
+    if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
+            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
+        return f'bbox {bbox!r} is not 4 finite numbers'
+    x, y, w, h = bbox
+    if w < MIN_BOX_SIZE or h < MIN_BOX_SIZE:
+        return f'size {w}x{h} (width or height under {MIN_BOX_SIZE:g} px)'
+    if not isinstance(area, (int, float)) or area <= 0:
+        return f'area {area}'
+    width, height = image['width'], image['height']
+    beyond = max(-x, -y, x + w - width, y + h - height)
+    if beyond > tolerance:
+        return f'[x, y, w, h] = {bbox} reaches {beyond:g} px outside the {width}x{height} image'
+    return None
+
+
+def check_coco_file(ann_file: str,
+                    img_dir: Optional[str],
+                    classes: Sequence[str],
+                    policy: Optional[DataCheckPolicy] = None,
+                    filter_empty_gt: bool = False) -> CocoCheckReport:
+    """Check an annotation file (and the images under ``img_dir``) for a dataset that trains ``classes``.
+
+    Args:
+        ann_file: The COCO JSON file.
+        img_dir: The folder ``file_name`` is relative to (mmdet's ``data_prefix['img']`` joined with
+            ``data_root``); ``None`` skips the image files.
+        classes: The config's class names (``metainfo['classes']``).
+        policy: What to tolerate (default: :class:`DataCheckPolicy`'s defaults).
+        filter_empty_gt: Whether the dataset drops images without annotations (a training set with mmdet's
+            ``filter_cfg.filter_empty_gt=True``): then a file where no image keeps an annotation is refused.
+
+    Returns:
+        The report; its warnings were logged.
+
+    Raises:
+        DataCheckError: Unreadable or malformed JSON, inconsistent ids, classes absent from the file or in
+            another order, invalid boxes (beyond the policy), missing or empty image files, nothing to train on.
+    """
+    policy = policy or DataCheckPolicy()
+    content = load_annotation_json(ann_file)
+    images = _index_images(ann_file, content['images'])
+    category_names = _check_categories(ann_file, content['categories'], classes)
+    report = CocoCheckReport(ann_file=ann_file, num_images=len(images), num_annotations=len(content['annotations']))
+    trained = set(classes)
+    annotated_images = set()
+    seen_ids = set()
+    ignored: Counter = Counter()
+    for position, ann in enumerate(content['annotations']):
+        if not isinstance(ann, dict) or not all(key in ann for key in ('id', 'image_id', 'category_id', 'bbox')):
+            raise DataCheckError(f'{ann_file}: annotations[{position}] needs "id", "image_id", "category_id" and '
+                                 f'"bbox", got {ann!r}'[:500])
+        ann_id = ann['id']
+        if ann_id in seen_ids:
+            raise DataCheckError(f'{ann_file}: annotation id {ann_id} is used twice (pycocotools keeps only one)')
+        seen_ids.add(ann_id)
+        image = images.get(ann['image_id'])
+        if image is None:
+            raise DataCheckError(f'{ann_file}: annotation id {ann_id} refers to image id {ann["image_id"]}, which '
+                                 f'is not in "images"')
+        name = category_names.get(ann['category_id'])
+        if name is None:
+            raise DataCheckError(f'{ann_file}: annotation id {ann_id} has category_id {ann["category_id"]}, which is '
+                                 f'not in "categories" (ids: {_listed(sorted(category_names, key=str), 20)})')
+        if name not in trained:
+            ignored[name] += 1
+            continue
+        if ann.get('ignore', False):
+            continue
+        problem = _box_problem(ann['bbox'], ann.get('area'), image, policy.outside_tolerance)
+        if problem is not None:
+            report.invalid_boxes.append((ann_id, problem))
+        annotated_images.add(ann['image_id'])
+    report.ignored_categories = dict(ignored)
+    report.empty_images = len(images) - len(annotated_images)
+    _judge(report, policy, filter_empty_gt)
+    if policy.check_image_files and img_dir is not None:
+        check_image_files(ann_file, img_dir, [image['file_name'] for image in images.values()])
+    for warning in report.warnings:
+        print_log(warning, logger='current', level=logging.WARNING)
+    return report
+
+
+def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bool) -> None:
+    """Turn the findings into warnings, or a :class:`DataCheckError` where the policy says so."""
+    ann_file = report.ann_file
+    trained = report.num_annotations - sum(report.ignored_categories.values())
+    if report.ignored_categories:
+        counts = ', '.join(f'{name}: {n}' for name, n in sorted(report.ignored_categories.items()))
+        report.warnings.append(f'{ann_file}: {sum(report.ignored_categories.values())} annotations of categories '
+                               f'the config does not train are ignored ({counts})')
+    if report.num_annotations and trained == 0:
+        raise DataCheckError(f'{ann_file}: none of its {report.num_annotations} annotations is of a class the config '
+                             f'trains')
+    if report.invalid_boxes:
+        listed = _listed([f'id {ann_id}: {problem}' for ann_id, problem in report.invalid_boxes])
+        fraction = len(report.invalid_boxes) / max(trained, 1)
+        summary = f'{ann_file}: {len(report.invalid_boxes)} of {trained} boxes are invalid ({listed})'
+        if policy.invalid_boxes == 'error':
+            raise DataCheckError(f'{summary}. Fix them, or set data_check.invalid_boxes=warn to train without the '
+                                 'degenerate ones, as mmdet does.')
+        if fraction > policy.max_invalid_box_fraction:
+            raise DataCheckError(f'{summary}: {fraction:.1%} is more than data_check.max_invalid_box_fraction='
+                                 f'{policy.max_invalid_box_fraction:g}. This looks like a systematic error (boxes as '
+                                 f'[x1, y1, x2, y2] instead of COCO\'s [x, y, w, h]? boxes of resized images?).')
+        report.warnings.append(f'{summary}; mmdet drops the degenerate ones and those entirely outside their '
+                               f'image (data_check.invalid_boxes=error refuses them)')
+    if report.empty_images:
+        if filter_empty_gt and report.empty_images == report.num_images:
+            raise DataCheckError(f'{ann_file}: none of its {report.num_images} images has an annotation of the '
+                                 f'config\'s classes: nothing to train on')
+        effect = 'filter_empty_gt=True leaves them out of training' if filter_empty_gt else 'they are kept'
+        report.warnings.append(f'{ann_file}: {report.empty_images} of {report.num_images} images have no annotation '
+                               f'of the config\'s classes; {effect}')
+
+
+def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) -> None:
+    """Every image must exist under ``img_dir``, be readable and non-empty.
+
+    Costs one directory listing per folder plus one ``stat`` and one ``access`` call per image (COCO train2017:
+    118K images in one folder).
+
+    Raises:
+        DataCheckError: Naming the missing, unreadable or empty files (the first few), their count and ``ann_file``.
+    """
+    by_folder: Dict[str, List[str]] = defaultdict(list)
+    for file_name in file_names:
+        path = osp.join(img_dir, file_name)
+        by_folder[osp.dirname(path)].append(osp.basename(path))
+    missing: List[str] = []
+    unreadable: List[str] = []
+    empty: List[str] = []
+    total = 0
+    for folder, names in by_folder.items():
+        total += len(names)
+        try:
+            entries = {entry.name: entry for entry in os.scandir(folder)}
+        except OSError:
+            missing.extend(osp.join(folder, name) for name in names)
+            continue
+        for name in names:
+            path = osp.join(folder, name)
+            entry = entries.get(name)
+            try:
+                size = entry.stat().st_size if entry is not None else None
+            except OSError:  # a dangling symbolic link
+                size = None
+            if size is None:
+                missing.append(path)
+            elif not os.access(path, os.R_OK):
+                unreadable.append(path)
+            elif size == 0:
+                empty.append(path)
+    if missing:
+        raise DataCheckError(f'{len(missing)} of the {total} image files that {ann_file} references are missing: '
+                             f'{_listed(missing)}')
+    if unreadable:
+        raise DataCheckError(f'{len(unreadable)} of the {total} image files that {ann_file} references cannot be '
+                             f'read (permissions): {_listed(unreadable)}')
+    if empty:
+        raise DataCheckError(f'{len(empty)} of the {total} image files that {ann_file} references are empty (0 '
+                             f'bytes): {_listed(empty)}')

@@ -1,0 +1,145 @@
+"""Check the datasets a config names before the Runner starts (``tools/train.py``: train and val, ``tools/test.py``:
+test), and make image-loading errors name the image and its annotation file."""
+from __future__ import annotations
+
+import logging
+import os.path as osp
+import time
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+from mmengine.config import Config
+from mmengine.logging import print_log
+
+from mmdet.datasets import CocoDataset
+from mmdet.registry import DATASETS
+
+from .coco_check import CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, load_annotation_json
+
+#: Config key of the :class:`~brs_detr.datasets.coco_check.DataCheckPolicy` fields.
+DATA_CHECK_KEY = 'data_check'
+#: Image loading transform of the configs -> the one whose errors name the image and its annotation file.
+CHECKED_LOADER = {'LoadImageFromFile': 'CheckedLoadImageFromFile'}
+
+
+def _children(dataset_cfg: dict) -> List[dict]:
+    """The datasets a wrapper (Concat/Repeat/ClassBalanced/MultiImageMix...) holds."""
+    if isinstance(dataset_cfg.get('datasets'), (list, tuple)):
+        return list(dataset_cfg['datasets'])
+    if isinstance(dataset_cfg.get('dataset'), dict):
+        return [dataset_cfg['dataset']]
+    return []
+
+
+def _walk(dataset_cfg: dict) -> Iterator[dict]:
+    """Every dataset config in a (possibly wrapped) dataset config, wrappers first."""
+    yield dataset_cfg
+    for child in _children(dataset_cfg):
+        yield from _walk(child)
+
+
+def _dataset_class(dataset_cfg: dict):
+    dataset_type = dataset_cfg.get('type')
+    if isinstance(dataset_type, type):
+        return dataset_type
+    return DATASETS.get(dataset_type) if isinstance(dataset_type, str) else None
+
+
+def _reads_coco_json(dataset_class) -> bool:
+    """Whether the dataset reads its file as mmdet's CocoDataset does (LVIS, for one, does not)."""
+    return (isinstance(dataset_class, type) and issubclass(dataset_class, CocoDataset)
+            and dataset_class.load_data_list is CocoDataset.load_data_list
+            and dataset_class.parse_data_info is CocoDataset.parse_data_info)
+
+
+def _join(root: Optional[str], path: str) -> str:
+    return path if not root or osp.isabs(path) else osp.join(root, path)
+
+
+def resolved_paths(dataset_cfg: dict) -> Tuple[str, str]:
+    """``(ann_file, image folder)`` of a COCO dataset config, joined with ``data_root`` as mmengine does."""
+    root = dataset_cfg.get('data_root')
+    prefix = (dataset_cfg.get('data_prefix') or {}).get('img', '')
+    return _join(root, dataset_cfg.get('ann_file', '')), _join(root, prefix)
+
+
+def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
+    """Check the COCO-format datasets (and evaluator annotation files) of ``<split>_dataloader`` for each split.
+
+    Args:
+        cfg: The config, with ``--cfg-options`` applied.
+        splits: ``'train'``, ``'val'``, ``'test'``.
+
+    Returns:
+        One report per distinct annotation file checked.
+
+    Raises:
+        DataCheckError: See :func:`~brs_detr.datasets.coco_check.check_coco_file`.
+    """
+    options = dict(cfg.get(DATA_CHECK_KEY) or {})
+    try:
+        policy = DataCheckPolicy(**options)
+    except TypeError as error:
+        raise DataCheckError(f'{DATA_CHECK_KEY}: {error} (fields: invalid_boxes, max_invalid_box_fraction, '
+                             f'outside_tolerance, check_image_files)') from error
+    done: Dict[tuple, CocoCheckReport] = {}
+    start = time.perf_counter()
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
+            continue
+        for dataset_cfg in _walk(loader['dataset']):
+            if _children(dataset_cfg):
+                continue
+            dataset_class = _dataset_class(dataset_cfg)
+            if not _reads_coco_json(dataset_class):
+                name = getattr(dataset_class, '__name__', dataset_cfg.get('type'))
+                print_log(f'data check: {split} dataset {name} is not read like a COCO JSON file; not checked',
+                          logger='current')
+                continue
+            ann_file, img_dir = resolved_paths(dataset_cfg)
+            classes = tuple((dataset_cfg.get('metainfo') or {}).get('classes') or
+                            dataset_class.METAINFO['classes'])
+            filter_empty_gt = (split == 'train' and not dataset_cfg.get('test_mode', False)
+                               and bool((dataset_cfg.get('filter_cfg') or {}).get('filter_empty_gt', False)))
+            local_images = dataset_cfg.get('backend_args') is None
+            key = (ann_file, img_dir, classes, filter_empty_gt)
+            if key not in done:
+                done[key] = check_coco_file(ann_file, img_dir if local_images else None, classes, policy,
+                                            filter_empty_gt=filter_empty_gt)
+        _check_evaluator_files(cfg.get(f'{split}_evaluator'), {key[0] for key in done})
+    for report in done.values():
+        print_log(f'data check: {report.ann_file}: {report.num_images} images, {report.num_annotations} annotations'
+                  f', {len(report.warnings)} warnings', logger='current')
+    if done:
+        print_log(f'data check: {len(done)} annotation files checked in {time.perf_counter() - start:.2f} s '
+                  f'(skip it with --skip-data-check)', logger='current')
+    return list(done.values())
+
+
+def _check_evaluator_files(evaluator_cfg, checked: set) -> None:
+    """The evaluators' ``ann_file`` (read only after the first epoch) must exist and be valid JSON now."""
+    evaluators = evaluator_cfg if isinstance(evaluator_cfg, (list, tuple)) else [evaluator_cfg]
+    for evaluator in evaluators:
+        ann_file = evaluator.get('ann_file') if isinstance(evaluator, dict) else None
+        if ann_file and ann_file not in checked and evaluator.get('backend_args') is None:
+            load_annotation_json(ann_file)
+            checked.add(ann_file)
+
+
+def name_images_in_load_errors(cfg: Config, splits: Sequence[str]) -> None:
+    """Replace ``LoadImageFromFile`` in the pipelines of these splits by ``CheckedLoadImageFromFile`` (same
+    arguments), telling it the annotation file of its dataset."""
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
+            continue
+        for dataset_cfg in _walk(loader['dataset']):
+            ann_file = resolved_paths(dataset_cfg)[0] if dataset_cfg.get('ann_file') else None
+            for transform in dataset_cfg.get('pipeline') or []:
+                if isinstance(transform, dict) and transform.get('type') in CHECKED_LOADER:
+                    transform['type'] = CHECKED_LOADER[transform['type']]
+                    transform['ann_file'] = ann_file
+
+
+
+__all__ = ['DataCheckError', 'DataCheckPolicy', 'check_datasets', 'name_images_in_load_errors', 'resolved_paths']

@@ -1,0 +1,158 @@
+"""An epoch-based training loop whose resumed runs reproduce uninterrupted ones."""
+from __future__ import annotations
+
+import logging
+import random
+from typing import Iterator, Optional, Sized
+
+import numpy as np
+import torch
+from mmengine.dist import get_rank
+from mmengine.logging import print_log
+from mmengine.runner import EpochBasedTrainLoop
+from torch.utils.data import DataLoader
+
+from mmdet.registry import LOOPS
+
+#: Message-hub key under which the data sampler's seed travels in checkpoints (``message_hub`` is resumed).
+SAMPLER_SEED_KEY = 'sampler_seed'
+
+
+class SkipFirstBatches:
+    """A batch sampler yielding the batches of ``batch_sampler`` after its first ``num_skip`` ones.
+
+    Only indices are produced for the skipped batches: no image is loaded.
+    """
+
+    def __init__(self, batch_sampler: Sized, num_skip: int) -> None:
+        self.batch_sampler = batch_sampler
+        self.num_skip = num_skip
+
+    def __iter__(self) -> Iterator:
+        batches = iter(self.batch_sampler)
+        for _ in range(self.num_skip):
+            next(batches, None)
+        yield from batches
+
+    def __len__(self) -> int:
+        return max(len(self.batch_sampler) - self.num_skip, 0)
+
+
+def remaining_batches(dataloader: DataLoader, num_skip: int) -> DataLoader:
+    """A one-off DataLoader over the batches of ``dataloader`` after the first ``num_skip`` of this epoch.
+
+    It shares the dataset, sampler (and so the epoch's order), collate function and worker settings.
+    """
+    kwargs = dict(
+        batch_sampler=SkipFirstBatches(dataloader.batch_sampler, num_skip),
+        num_workers=dataloader.num_workers,
+        collate_fn=dataloader.collate_fn,
+        pin_memory=dataloader.pin_memory,
+        timeout=dataloader.timeout,
+        worker_init_fn=dataloader.worker_init_fn,
+        multiprocessing_context=dataloader.multiprocessing_context,
+        generator=dataloader.generator,
+        pin_memory_device=dataloader.pin_memory_device)
+    if dataloader.num_workers > 0:
+        kwargs['prefetch_factor'] = dataloader.prefetch_factor
+    return DataLoader(dataloader.dataset, **kwargs)
+
+
+def iteration_seed(seed: int, iteration: int, rank: Optional[int]) -> int:
+    """A 32-bit seed derived from the run's seed, the iteration and (optionally) the rank."""
+    entropy = [seed % 2**32, iteration] + ([] if rank is None else [rank])
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+@LOOPS.register_module()
+class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
+    """mmengine's :class:`~mmengine.runner.EpochBasedTrainLoop` whose resumed runs continue exactly where the
+    interrupted run stopped, with the same data and random numbers.
+
+    Same arguments as the parent, plus ``seed_each_iter``. What changed, and why:
+
+    * Resuming from a checkpoint saved in the middle of an epoch (``CheckpointHook(by_epoch=False)``) continues
+      that epoch after the batches already trained. mmengine restarts the epoch from its first batch, so the resumed
+      run trains those batches twice and ends with more iterations than an uninterrupted one. The batches are skipped
+      at the batch-sampler level: only their indices are drawn, no image is loaded.
+    * ``seed_each_iter=True``: Python's, NumPy's and torch's global generators are re-seeded right before the batch
+      of every iteration is fetched, from (the run's seed, the iteration[, the rank when
+      ``randomness.diff_rank_seed``]). Data augmentation in the main process and random choices in the model then
+      depend only on the iteration, not on how the run got there: a run resumed at iteration k draws the same
+      numbers as an uninterrupted run (mmengine's resume restores the seed but not the generators' states).
+      Augmentation inside DataLoader workers (``num_workers > 0``) is seeded per worker by mmengine and is not
+      covered: with workers, a resumed run sees the same batches but other random augmentations.
+    * The data sampler's seed is stored in the message hub (saved in every checkpoint, restored on resume): with
+      ``randomness.seed=None`` mmengine draws a new one at every start, so a resumed run would shuffle differently.
+    """
+
+    def __init__(self, runner, dataloader, max_epochs: int, val_begin: int = 1, val_interval: int = 1,
+                 dynamic_intervals=None, seed_each_iter: bool = True) -> None:
+        super().__init__(runner, dataloader, max_epochs, val_begin=val_begin, val_interval=val_interval,
+                         dynamic_intervals=dynamic_intervals)
+        self.seed_each_iter = seed_each_iter
+
+    # ------------------------------------------------------------------ sampler seed
+    def _sampler(self):
+        batch_sampler = getattr(self.dataloader, 'batch_sampler', None)
+        return getattr(batch_sampler, 'sampler', None) or getattr(self.dataloader, 'sampler', None)
+
+    def _sync_sampler_seed(self) -> None:
+        """Restore the sampler seed of a resumed run, or record this run's for its checkpoints."""
+        sampler = self._sampler()
+        if sampler is None or not hasattr(sampler, 'seed'):
+            return
+        hub = self.runner.message_hub
+        saved = hub.runtime_info.get(SAMPLER_SEED_KEY)
+        if self._iter > 0 and saved is not None and saved != sampler.seed:
+            sampler.seed = saved
+        hub.update_info(SAMPLER_SEED_KEY, sampler.seed)
+
+    def run(self) -> torch.nn.Module:
+        self._sync_sampler_seed()
+        return super().run()
+
+    # ------------------------------------------------------------------ per-iteration seeds
+    def _seed_iteration(self) -> None:
+        if not self.seed_each_iter:
+            return
+        randomness = getattr(self.runner, '_randomness_cfg', {}) or {}
+        rank = get_rank() if randomness.get('diff_rank_seed', False) else None
+        seed = iteration_seed(self.runner.seed, self._iter, rank)
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+
+    # ------------------------------------------------------------------ the epoch
+    def _batches_done_in_epoch(self) -> int:
+        """Batches of the current epoch already trained (non-zero only after a mid-epoch resume)."""
+        done = self._iter - self._epoch * len(self.dataloader)
+        if done < 0 or done >= len(self.dataloader):
+            if done != 0:
+                print_log(f'Resumed at iteration {self._iter}, which is not in epoch {self._epoch + 1} of '
+                          f'{len(self.dataloader)} iterations (another number of processes or batch size?): the '
+                          f'epoch starts from its first batch', logger='current', level=logging.WARNING)
+            return 0
+        return done
+
+    def run_epoch(self) -> None:
+        """Iterate over the rest of the epoch, re-seeding before each batch is fetched."""
+        self.runner.call_hook('before_train_epoch')
+        self.runner.model.train()
+        start = self._batches_done_in_epoch()
+        loader = self.dataloader
+        if start > 0:
+            print_log(f'Resuming in the middle of epoch {self._epoch + 1}: skipping its first {start} batches '
+                      f'(already trained)', logger='current')
+            loader = remaining_batches(self.dataloader, start)
+        batches = iter(loader)
+        idx = start
+        while True:
+            self._seed_iteration()
+            data_batch = next(batches, None)
+            if data_batch is None:
+                break
+            self.run_iter(idx, data_batch)
+            idx += 1
+        self.runner.call_hook('after_train_epoch')
+        self._epoch += 1

@@ -1,0 +1,236 @@
+"""Bad configs, options and checkpoints given to tools/train.py and tools/test.py: a clear error, nothing lost.
+
+Most cases call the tools' ``main`` in this process (the same code path as the command line up to the exit status,
+which ``run_tool_main`` maps: see test_tools_e2e.py::test_bad_input_fails_clearly and the subprocess tests below).
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import shutil
+from pathlib import Path
+from typing import Dict
+
+import pytest
+import torch
+from mmengine.config import Config
+
+from brs_detr.apis.launch import ToolInputError, check_cfg_options
+from brs_detr.datasets import ImageLoadError
+from brs_detr.engine import CheckpointFitError, find_resumable_checkpoint
+from brs_detr.utils.checkpoint import CheckpointReadError, UntrustedCheckpointError
+from conftest import TOOLS_DIR, load_tool_module
+from reliability_utils import TOY_CONFIG, run, train_command
+
+train_tool = load_tool_module('train')
+test_tool = load_tool_module('test')
+
+
+def file_digests(folder: Path) -> Dict[str, str]:
+    """sha256 of every file under ``folder`` (to show that a failed run changed nothing)."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture
+def trained_work_dir(tmp_path) -> Path:
+    """A work_dir as a finished run leaves it (checkpoint contents do not matter for these tests)."""
+    work_dir = tmp_path / 'wd'
+    work_dir.mkdir()
+    torch.save(dict(state_dict=dict(w=torch.ones(3))), work_dir / 'epoch_1.pth')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
+    return work_dir
+
+
+@pytest.fixture
+def in_toy_root(toy_coco_root, monkeypatch) -> Path:
+    """Run in the folder whose data/toy_coco the toy config reads."""
+    monkeypatch.chdir(toy_coco_root.parents[1])
+    return toy_coco_root.parents[1]
+
+
+def toy_state_dict(num_classes: int) -> Dict[str, torch.Tensor]:
+    """The toy ATSS model's weights, built with ``num_classes``."""
+    from mmengine.registry import DefaultScope
+
+    from mmdet.registry import MODELS
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    cfg.model.bbox_head.num_classes = num_classes
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return MODELS.build(cfg.model).state_dict()
+
+
+# ----------------------------------------------------------------------------- config and --cfg-options
+def test_config_not_found_names_similar_files(tmp_path):
+    typo = TOY_CONFIG.parent / 'atss_r18_tiny_toy-coco.py'
+    with pytest.raises(ToolInputError, match=rf'config file not found: {typo}; similar files in {typo.parent}: '
+                       rf'{TOY_CONFIG.name}'):
+        train_tool.main([str(typo), '--work-dir', str(tmp_path / 'wd')])
+
+
+def test_unknown_cfg_options_key_names_the_closest_keys(trained_work_dir):
+    before = file_digests(trained_work_dir)
+    with pytest.raises(ToolInputError) as error:
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(trained_work_dir), '--cfg-options',
+                         'train_cfg.max_epoch=2', 'optim_wrapper.optimizer.lr=0.1', 'model.neck.out_chanels=8'])
+    message = str(error.value)
+    assert f'--cfg-options train_cfg.max_epoch: no such key in {TOY_CONFIG}; closest existing keys: ' \
+        'train_cfg.max_epochs' in message
+    assert 'model.neck.out_chanels: no such key' in message and 'model.neck.out_channels' in message
+    assert 'optim_wrapper.optimizer.lr' not in message  # an existing key
+    assert 'To add a new key on purpose, write it as +KEY=VALUE, e.g. +train_cfg.max_epoch=...' in message
+    assert file_digests(trained_work_dir) == before
+
+
+def test_cfg_options_new_keys_need_the_plus_opt_in():
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    options = {'+model.bbox_head.loss_cls.reduction': 'sum', 'randomness.seed': 3, 'data_check.invalid_boxes': 'error',
+               'train_dataloader.dataset.pipeline.2.scale': (64, 64), 'load_from': None}
+    checked = check_cfg_options(cfg, options)
+    assert 'model.bbox_head.loss_cls.reduction' in checked and '+model.bbox_head.loss_cls.reduction' not in checked
+    cfg.merge_from_dict(checked)
+    assert cfg.model.bbox_head.loss_cls.reduction == 'sum' and cfg.randomness.seed == 3
+    assert cfg.train_dataloader.dataset.pipeline[2].scale == (64, 64)
+    with pytest.raises(ToolInputError, match='train_dataloader.dataset.pipeline.9.scale: no such key'):
+        check_cfg_options(cfg, {'train_dataloader.dataset.pipeline.9.scale': 1})
+
+
+# ----------------------------------------------------------------------------- checkpoints
+def truncated_copy(path: Path, fraction: float = 0.5) -> Path:
+    data = path.read_bytes()
+    path.write_bytes(data[:int(len(data) * fraction)])
+    return path
+
+
+def test_truncated_checkpoint_is_refused_before_anything_runs(trained_work_dir, tmp_path):
+    truncated = truncated_copy(Path(shutil.copy(trained_work_dir / 'epoch_1.pth', tmp_path / 'cut.pth')))
+    before = file_digests(trained_work_dir)
+    message = rf'Cannot read checkpoint {truncated} \(\d+ bytes\): its zip directory is missing. The file is ' \
+              r'truncated or corrupt'
+    with pytest.raises(CheckpointReadError, match=message):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(trained_work_dir), '--resume', str(truncated)])
+    with pytest.raises(CheckpointReadError, match=message):
+        test_tool.main([str(TOY_CONFIG), str(truncated), '--work-dir', str(trained_work_dir)])
+    with pytest.raises(CheckpointReadError, match=message):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(trained_work_dir), '--cfg-options',
+                         f'load_from={truncated}'])
+    assert file_digests(trained_work_dir) == before
+
+
+def test_auto_resume_skips_a_truncated_or_missing_last_checkpoint(tmp_path):
+    work_dir = tmp_path / 'wd'
+    work_dir.mkdir()
+    for name in ('iter_3.pth', 'iter_6.pth'):
+        torch.save(dict(w=torch.ones(3)), work_dir / name)
+        os.utime(work_dir / name, (1, int(name[5])))  # iter_6 is the newer one
+    truncated_copy(work_dir / 'iter_6.pth')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_6.pth'))
+    assert find_resumable_checkpoint(str(work_dir)) == str(work_dir / 'iter_3.pth')
+    (work_dir / 'last_checkpoint').write_text('')  # what mmengine leaves when killed while writing it
+    assert find_resumable_checkpoint(str(work_dir)) == str(work_dir / 'iter_3.pth')
+    (work_dir / 'last_checkpoint').write_text(str(work_dir / 'iter_3.pth'))
+    assert find_resumable_checkpoint(str(work_dir)) == str(work_dir / 'iter_3.pth')
+    assert find_resumable_checkpoint(str(tmp_path / 'empty')) is None
+
+
+def test_checkpoint_of_another_model_is_refused_by_test_py(in_toy_root, tmp_path):
+    other = tmp_path / 'five_classes.pth'
+    torch.save(dict(state_dict=toy_state_dict(num_classes=5)), other)
+    with pytest.raises(CheckpointFitError) as error:
+        test_tool.main([str(TOY_CONFIG), str(other), '--work-dir', str(tmp_path / 'test_wd')])
+    message = str(error.value)
+    assert message.startswith(f'the weights {other} do not fit the model of {TOY_CONFIG}')
+    assert '2 with another shape in the checkpoint: bbox_head.atss_cls.weight: checkpoint (5, 64, 3, 3) vs model ' \
+        '(3, 64, 3, 3), bbox_head.atss_cls.bias: checkpoint (5,) vs model (3,)' in message
+
+
+def test_resume_from_another_model_is_refused(in_toy_root, tmp_path):
+    other = tmp_path / 'five_classes.pth'
+    torch.save(dict(state_dict=toy_state_dict(num_classes=5)), other)
+    work_dir = tmp_path / 'wd'
+    with pytest.raises(CheckpointFitError, match=rf'cannot resume from {other}: it is not a checkpoint of the model '
+                       rf'of {TOY_CONFIG} \(\d+ of the model\'s \d+ entries fit; 2 with another shape'):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(work_dir), '--resume', str(other)])
+    assert not list(work_dir.glob('*.pth'))
+    nothing = tmp_path / 'unrelated.pth'
+    torch.save(dict(state_dict=dict(fc=torch.zeros(2, 2))), nothing)
+    with pytest.raises(CheckpointFitError, match=rf'nothing in {nothing} fits the model'):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(work_dir), '--cfg-options', f'load_from={nothing}'])
+
+
+class WritesAFile:
+    """A pickle that creates a file when unpickled (harmless stand-in for arbitrary code)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.makedirs, (str(self.path), ))
+
+
+def malicious_checkpoint(folder: Path, marker: Path) -> Path:
+    """A checkpoint whose unpickling runs code, in a folder dressed up as a Runner work_dir."""
+    folder.mkdir()
+    path = folder / 'epoch_12.pth'
+    torch.save(dict(state_dict=dict(w=torch.ones(2)), meta=WritesAFile(marker)), path, pickle_module=pickle)
+    (folder / 'last_checkpoint').write_text(str(path))  # a forged marker does not make it trusted
+    return path
+
+
+def test_pickle_with_code_is_refused_by_train_and_test(in_toy_root, tmp_path, monkeypatch):
+    monkeypatch.delenv('BRS_DETR_TRUSTED_DIRS', raising=False)
+    marker = tmp_path / 'code_ran'
+    evil = malicious_checkpoint(tmp_path / 'downloaded_run', marker)
+    message = rf'Refusing to load checkpoint {evil}: torch.load\(weights_only=True\) rejects it \(.*GLOBAL ' \
+              r'os.makedirs\), and loading it with weights_only=False would run arbitrary code'
+    with pytest.raises(UntrustedCheckpointError, match=message):
+        test_tool.main([str(TOY_CONFIG), str(evil), '--work-dir', str(tmp_path / 'test_wd')])
+    with pytest.raises(UntrustedCheckpointError, match=message):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--resume', str(evil)])
+    with pytest.raises(UntrustedCheckpointError, match=message):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--cfg-options', f'load_from={evil}'])
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- as a user runs them
+@pytest.mark.slow
+def test_test_py_refuses_pickle_with_code_in_one_line(in_toy_root, tmp_path, tool_env, python_exe):
+    env = {k: v for k, v in tool_env.items() if k != 'BRS_DETR_TRUSTED_DIRS'}
+    marker = tmp_path / 'code_ran'
+    evil = malicious_checkpoint(tmp_path / 'downloaded_run', marker)
+    status, output = run([python_exe, str(TOOLS_DIR / 'test.py'), str(TOY_CONFIG), str(evil), '--work-dir',
+                          str(tmp_path / 'test_wd')], in_toy_root, env)
+    assert status == 2 and f'test.py: error: Refusing to load checkpoint {evil}' in output, output[-3000:]
+    assert 'Traceback' not in output and not marker.exists()
+
+
+@pytest.mark.slow
+def test_corrupt_image_stops_training_naming_it_and_keeps_the_work_dir(toy_coco_root, tmp_path, tool_env,
+                                                                         python_exe):
+    data = tmp_path / 'data' / 'toy_coco'
+    shutil.copytree(toy_coco_root, data)
+    image = data / 'train' / '000003.png'
+    image.write_bytes(image.read_bytes()[:200])
+    work_dir = tmp_path / 'wd'
+    work_dir.mkdir()
+    (work_dir / 'epoch_1.pth').write_bytes(b'an earlier run\'s checkpoint')
+    before = file_digests(work_dir)
+    status, output = run(train_command(TOY_CONFIG, work_dir, python_exe, extra=['--cfg-options',
+                                                                                'train_cfg.max_epochs=1']),
+                         tmp_path, tool_env)
+    ann_file = 'data/toy_coco/annotations/instances_train.json'
+    assert status == 2, output[-3000:]
+    assert (f'train.py: error: cannot load image data/toy_coco/train/000003.png (image id 3, listed in {ann_file}): '
+            'the file is not a decodable image (200 bytes: truncated or corrupt?)') in output
+    assert 'Traceback' not in output
+    after = file_digests(work_dir)
+    assert {k: v for k, v in after.items() if k in before} == before  # only new files (this run's logs, config)
+
+
+@pytest.mark.slow
+def test_missing_annotation_file_fails_before_the_runner(toy_coco_root, tmp_path, tool_env, python_exe):
+    status, output = run(train_command(TOY_CONFIG, tmp_path / 'wd', python_exe), tmp_path, tool_env)
+    assert status == 2, output[-3000:]
+    assert 'train.py: error: annotation file not found: data/toy_coco/annotations/instances_train.json' in output
+    assert not (tmp_path / 'wd').exists() and 'Traceback' not in output
