@@ -1,0 +1,89 @@
+"""Detect objects in images and draw them (mmdet 3.x's ``demo/image_demo.py`` interface, on CPU or GPU).
+
+Usage::
+
+    python demo/image_demo.py IMAGES [IMAGES ...] CONFIG [--weights CHECKPOINT] [--out-dir outputs]
+                              [--pred-score-thr 0.3] [--device auto] [--batch-size 1] [--palette none]
+                              [--no-save-vis] [--no-save-pred] [--print-result] [--show] [--cfg-options K=V ...]
+
+IMAGES are image files, folders (their images) or quoted glob patterns (``'data/**/*.jpg'``). For every image it
+writes ``OUT_DIR/vis/<stem>.png`` (the detections with a score above the threshold: boxes, masks for instance
+segmentation models, class names and scores) and ``OUT_DIR/preds/<stem>.json`` (all detections the model returns:
+``labels``, ``scores``, ``bboxes`` as x1 y1 x2 y2 in input pixels, ``masks`` as COCO RLE). See docs/demo.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import os.path as osp
+import sys
+from typing import Optional, Sequence
+
+from mmengine.config import DictAction
+
+# The repository root, so that `python demo/image_demo.py` finds brs_detr without installing it.
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+
+PALETTES = ('coco', 'voc', 'citys', 'random', 'none')
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description='Detect objects in images and draw them (brs-detr, mmdet 3.x DetInferencer)')
+    parser.add_argument('inputs', nargs='+', metavar='IMAGES',
+                        help='image files, folders or quoted glob patterns ("dir/*.jpg", "dir/**/*.png")')
+    parser.add_argument('config', help='model config file')
+    parser.add_argument('--weights', help='checkpoint file (without it the model keeps its random initialization)')
+    parser.add_argument('--out-dir', default='outputs', help='output folder: vis/<stem>.png and preds/<stem>.json')
+    parser.add_argument('--pred-score-thr', '--score-thr', dest='pred_score_thr', type=float, default=0.3,
+                        help='draw the detections whose score is above this (default 0.3); the saved predictions '
+                        'keep all of them')
+    parser.add_argument('--device', default='auto', help='cpu, cuda, cuda:N, ... (default: cuda if available, '
+                        'else cpu)')
+    parser.add_argument('--batch-size', type=int, default=1, help='images per forward pass')
+    parser.add_argument('--show', action='store_true', help='also show each drawn image in a window (needs a '
+                        'display)')
+    parser.add_argument('--no-save-vis', action='store_true', help='do not save the drawn images')
+    parser.add_argument('--no-save-pred', action='store_true', help='do not save the predictions')
+    parser.add_argument('--print-result', action='store_true', help='print the predictions')
+    parser.add_argument('--palette', default='none', choices=PALETTES,
+                        help="box/mask colours: 'none' = the config's (else the checkpoint's) palette")
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
+                        help='override config keys, e.g. model.test_cfg.max_per_img=10')
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    # cheap checks first: importing brs_detr (all of mmdet's models) takes seconds
+    if not osp.isfile(args.config):
+        parser.error(f'config file not found: {args.config}')
+    if args.weights is not None and '://' not in args.weights and not osp.isfile(args.weights):
+        parser.error(f'weights file not found: {args.weights}')
+    if not 0 <= args.pred_score_thr <= 1:
+        parser.error(f'--pred-score-thr must be between 0 and 1, got {args.pred_score_thr}')
+    if args.batch_size < 1:
+        parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
+    if not args.show:
+        os.environ.setdefault('MPLBACKEND', 'Agg')  # drawing needs no window
+
+    from brs_detr.apis import BRSDetInferencer, collect_images, has_display
+    if args.show and not has_display():
+        parser.error('--show needs a display (DISPLAY/WAYLAND_DISPLAY is not set); the drawn images are saved '
+                     f'under {osp.join(args.out_dir, "vis")} without it')
+    images = collect_images(args.inputs)  # before the model is built: a typo fails in seconds
+    inferencer = BRSDetInferencer(model=args.config, weights=args.weights, device=args.device, palette=args.palette,
+                                  cfg_options=args.cfg_options)
+    save_vis, save_pred = not args.no_save_vis, not args.no_save_pred
+    inferencer(images, batch_size=args.batch_size, show=args.show, pred_score_thr=args.pred_score_thr,
+               no_save_vis=not save_vis, no_save_pred=not save_pred, print_result=args.print_result,
+               out_dir=args.out_dir if save_vis or save_pred else '')
+    saved = [f'drawn images in {osp.join(args.out_dir, "vis")}'] * save_vis + \
+        [f'predictions in {osp.join(args.out_dir, "preds")}'] * save_pred
+    print(f'{len(images)} image(s)' + (': ' + ', '.join(saved) if saved else ''))
+
+
+if __name__ == '__main__':
+    from brs_detr.apis.cli import run_cli
+    run_cli(main)
