@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install the whole brs-detr stack into a virtual environment:
 #   torch 2.13.0, mmengine 0.10.7, mmcv 2.1.0 compiled with its ops, mmdet 3.3.0, pycocotools, scikit-learn,
-#   the test tools, and brs-detr itself (editable).
+#   timm 1.0.31 with torchvision 0.28.0, the test tools, and brs-detr itself (editable).
 #
 # Usage: bash tools/install.sh [VENV_DIR]        (default: .venv in the repository root)
 #
@@ -19,6 +19,10 @@
 #   * pip's wheel cache would reuse an ops-less wheel; we build with --no-cache-dir and key our own cache
 #     by torch version and CUDA flavour.
 #   * every pip call gets the constraints file so torch is never resolved unpinned.
+#   * the registry's torchvision 0.28.0 (timm needs it) is a CUDA build: next to a CPU-only torch its C++ ops
+#     cannot load and `import torchvision` fails. Only in that case (CPU torch, that exact error) two decorators
+#     of its _meta_registrations.py are guarded so that its Python parts (all timm uses) import. A CUDA torch
+#     is never patched. Re-running is safe.
 set -euo pipefail
 
 if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
@@ -100,9 +104,68 @@ else
   log "reusing compiled mmcv wheel $MMCV_WHEEL"
 fi
 
-log "installing mmcv, mmengine, mmdet, pycocotools, test tools and brs-detr"
+log "installing mmcv, mmengine, mmdet, pycocotools, timm, test tools and brs-detr"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "$MMCV_WHEEL"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements.txt" -r "$ROOT/requirements/tests.txt"
+# torchvision (timm imports it) must import next to the installed torch. The registry's torchvision is a CUDA
+# build; next to a CPU-only torch its ops library cannot load, and the fake-kernel registrations of
+# torchvision::nms/qnms in _meta_registrations.py then fail at import ("operator torchvision::nms does not
+# exist"). Only in that case they are guarded by torchvision.extension._has_ops(), as the rest of that file
+# already is. A CUDA torch is never patched; any other failure stops the install.
+TV_ERR="$(mktemp)"
+if ! "$PY" -c 'import torchvision' 2>"$TV_ERR"; then
+  if [ -z "$TORCH_CUDA" ] && grep -q 'operator torchvision::[a-z_]* does not exist' "$TV_ERR"; then
+    log "torchvision is a CUDA build next to the CPU-only torch $TORCH_VERSION: guarding its fake-kernel" \
+        "registrations so that its Python parts import (its C++ ops stay unavailable; mmcv has the detection ops)"
+    "$PY" - <<'PATCH'
+import importlib.util
+import os
+import sys
+
+MARKER = '# brs-detr tools/install.sh: guarded for a CPU-only torch'
+DECORATOR = '@torch.library.register_fake("torchvision::'
+GUARDED = '@_register_fake_if_ops("torchvision::'
+HELPER = f'''
+
+{MARKER}: torchvision's C++ ops did not load (a CUDA build of torchvision
+# next to a CPU-only torch), so the torchvision:: operators do not exist and fake kernels cannot be registered.
+def _register_fake_if_ops(op_name):
+    def wrapper(fn):
+        if torchvision.extension._has_ops():
+            return torch.library.register_fake(op_name)(fn)
+        return fn
+
+    return wrapper
+'''
+ANCHOR = '\n\n@register_meta('
+
+spec = importlib.util.find_spec('torchvision')
+path = os.path.join(list(spec.submodule_search_locations)[0], '_meta_registrations.py')
+with open(path, encoding='utf-8') as file:
+    source = file.read()
+if MARKER in source:
+    sys.exit(f'[install] ERROR: {path} is already patched, yet torchvision does not import')
+if DECORATOR not in source or ANCHOR not in source:
+    sys.exit(f'[install] ERROR: {path} does not have the layout tools/install.sh knows how to patch; install a '
+             f'torchvision build that matches your torch (e.g. from https://download.pytorch.org/whl/cpu)')
+count = source.count(DECORATOR)
+source = source.replace(ANCHOR, HELPER + ANCHOR, 1).replace(DECORATOR, GUARDED)
+tmp = f'{path}.brs-detr.tmp'
+with open(tmp, 'w', encoding='utf-8') as file:
+    file.write(source)
+os.replace(tmp, path)  # atomic: an interrupted run leaves the original file
+print(f'[install] guarded {count} fake-kernel registrations in {path}')
+PATCH
+    if ! "$PY" -c 'import torchvision' 2>"$TV_ERR"; then
+      cat "$TV_ERR" >&2; rm -f "$TV_ERR"
+      die "torchvision still does not import after the CPU patch (see above)"
+    fi
+  else
+    cat "$TV_ERR" >&2; rm -f "$TV_ERR"
+    die "import torchvision fails next to torch $TORCH_VERSION (CUDA: ${TORCH_CUDA:-none}); see the error above"
+  fi
+fi
+rm -f "$TV_ERR"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" --no-build-isolation --no-deps -e "$ROOT"
 
 log "verifying the installation"
@@ -114,11 +177,18 @@ try:
 except ImportError as exc:
     sys.exit(f'[install] ERROR: mmcv was installed without its compiled ops: {exc}')
 from mmcv.ops import nms, RoIAlign, MultiScaleDeformableAttention  # noqa: F401
+import torchvision, timm
+from mmengine.utils.dl_utils import collect_env
+collect_env()  # what every mmengine Runner logs when it starts; it imports torchvision
 import brs_detr
 from mmdet.registry import MODELS
 assert MODELS.get('BucketedRankSortLoss') is not None, 'brs_detr did not register its losses'
+backbone = MODELS.build(dict(type='TimmBackbone', model_name='test_convnext', out_indices=(1, 2, 3)))
+assert [f.shape[1] for f in backbone(torch.zeros(1, 3, 64, 64))] == backbone.out_channels
 cuda = torch.cuda.is_available()
+tv_ops = 'with' if torchvision.extension._has_ops() else 'without'
 print(f'[install] OK: torch {torch.__version__} (cuda available: {cuda}), mmengine {mmengine.__version__}, '
-      f'mmcv {mmcv.__version__} with ops, mmdet {mmdet.__version__}, brs_detr {brs_detr.__version__}')
+      f'mmcv {mmcv.__version__} with ops, mmdet {mmdet.__version__}, timm {timm.__version__}, '
+      f'torchvision {torchvision.__version__} ({tv_ops} its C++ ops), brs_detr {brs_detr.__version__}')
 EOF
 log "done. Activate with: source $VENV/bin/activate"
