@@ -6,7 +6,7 @@ import torch
 from brs_detr.models.losses import (APLoss, BucketedAPLoss, BucketedRankSortLoss, RankSortLoss,
                                     positive_score_weights, ranking_targets, value_matched, value_matched_weight,
                                     weighted_mean)
-from brs_detr.models.losses import ranking_core, ranking_loss
+from brs_detr.models.losses import ranking_core, ranking_loss, sorted_search
 from mmdet.registry import MODELS
 
 from ranking_reference import random_problem, reference_loss
@@ -16,10 +16,12 @@ SEEDS = [0, 1, 2]
 
 @pytest.fixture(autouse=True, params=['default', 'fast-paths-forced'])
 def code_path(request, monkeypatch):
-    """Run every test twice: with the default size thresholds, and with the grid lookup of bucket indices and
-    the divide-and-conquer sorting forced even for the small inputs of these tests."""
+    """Run every test twice: with the default size thresholds, and with the fast paths forced even for the small
+    inputs of these tests: the grid lookup instead of searchsorted, the integer-key (radix) sort, and the
+    dominance-tree sorting error instead of the dense P x P blocks."""
     if request.param == 'fast-paths-forced':
-        monkeypatch.setattr(ranking_core, 'GRID_MIN_QUERIES', 0)
+        monkeypatch.setattr(sorted_search, 'GRID_MIN_QUERIES', 0)
+        monkeypatch.setattr(sorted_search, 'RADIX_SORT_MIN_ELEMENTS', 0)
         monkeypatch.setattr(ranking_loss, 'DENSE_SORT_MAX_POSITIVES', 0)
     return request.param
 SIZES = [(40, 0.2), (300, 0.05), (1000, 0.02)]
@@ -423,4 +425,4 @@ def test_grid_lookup_equals_searchsorted(dtype, case):
         values = values * 100
     breaks = torch.sort(breaks).values
     expected = torch.searchsorted(breaks, values, right=True)
-    assert torch.equal(ranking_core.count_at_or_below(breaks, values), expected)
+    assert torch.equal(sorted_search.count_sorted(breaks, values), expected)

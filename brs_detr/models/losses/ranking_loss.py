@@ -4,8 +4,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .ranking_core import (NEGATIVE_METHODS, NegativeRanker, positive_ranks, smoothed_step,
+from .ranking_core import (NEGATIVE_METHODS, NegativeRanker, PositiveWindows, smoothed_step,
                            sorting_error_and_grad, sorting_error_and_grad_pairwise)
+from .sorted_search import sort_ascending
 
 #: Default cap on the number of pairwise elements held at once (|rows| x |cols|), about 32 MB in float64.
 DEFAULT_BLOCK_ELEMENTS = 1 << 22
@@ -29,21 +30,17 @@ class _RankingLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, loss: 'RankingLoss') -> Tuple[Tensor, Tensor]:
         out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        ctx.logits_shape, ctx.logits_dtype = logits.shape, logits.dtype
+        ctx.logits_dtype = logits.dtype
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            result = loss.compute(logits.detach(), targets.detach())
-        rank_loss, sort_loss, pos_idx, pos_rank_grad, pos_sort_grad, neg_idx, neg_grad = result
-        ctx.save_for_backward(pos_idx, pos_rank_grad, pos_sort_grad, neg_idx, neg_grad)
+            rank_loss, sort_loss, rank_grad, pos_idx, pos_sort_grad = loss.compute(logits.detach(), targets.detach())
+        ctx.save_for_backward(rank_grad, pos_idx, pos_sort_grad)
         return rank_loss.to(out_dtype), sort_loss.to(out_dtype)
 
     @staticmethod
     def backward(ctx, grad_rank: Tensor, grad_sort: Tensor) -> Tuple[Optional[Tensor], None, None]:
-        pos_idx, pos_rank_grad, pos_sort_grad, neg_idx, neg_grad = ctx.saved_tensors
-        grad = torch.zeros(ctx.logits_shape, dtype=pos_rank_grad.dtype, device=pos_rank_grad.device)
-        grad_rank = grad_rank.to(grad.dtype)
-        grad_sort = grad_sort.to(grad.dtype)
-        grad[pos_idx] = pos_rank_grad * grad_rank + pos_sort_grad * grad_sort
-        grad[neg_idx] = neg_grad * grad_rank
+        rank_grad, pos_idx, pos_sort_grad = ctx.saved_tensors
+        grad = rank_grad * grad_rank.to(rank_grad.dtype)
+        grad.index_add_(0, pos_idx, pos_sort_grad * grad_sort.to(rank_grad.dtype))
         return grad.to(ctx.logits_dtype), None, None
 
 
@@ -148,31 +145,29 @@ class RankingLoss(nn.Module):
             targets (Tensor): Targets (M,).
 
         Returns:
-            tuple: ``(rank_loss, sort_loss, pos_idx, pos_rank_grad, pos_sort_grad, neg_idx, neg_grad)``: the two
-            scalar losses (before ``loss_weight``), the indices of the positives (P,) and their gradients of the
-            ranking and sorting losses, the indices of the relevant negatives (N,) and their gradients. Gradients
-            are float32 (float64 for float64 logits), already divided by ``|P|``; backward casts them to the
-            logits' dtype.
+            tuple: ``(rank_loss, sort_loss, rank_grad, pos_idx, pos_sort_grad)``: the two scalar losses (before
+            ``loss_weight``), the gradient of the ranking loss for every logit (M,), the indices of the positives
+            (P,) and their gradients of the sorting loss (P,). Gradients are float32 (float64 for float64 logits),
+            already divided by ``|P|``; backward casts them to the logits' dtype.
         """
         acc = _accumulation_dtype(logits)
+        work = torch.float64 if logits.dtype == torch.float64 else torch.float32  # dtype of the M-sized work
+        logits = logits.to(work)
         pos_idx = torch.nonzero(targets > 0).squeeze(1)
         num_pos = pos_idx.numel()
         if num_pos == 0:
-            empty = logits.new_zeros(0, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32)
             zero = logits.new_zeros((), dtype=acc)
-            return zero, zero, pos_idx, empty, empty, pos_idx, empty
-        work = torch.float64 if logits.dtype == torch.float64 else torch.float32  # dtype of the N-sized work
-        logits = logits.to(work)
-        pos_logits = logits.index_select(0, pos_idx)
-        pos = pos_logits.to(acc)
-        pos_sorted, order = torch.sort(pos, stable=True)
-        threshold = pos_logits.min() - self.delta  # in the negatives' dtype, like every comparison with them
-        neg_idx = torch.nonzero((logits >= threshold) & (targets == 0)).squeeze(1)
-        neg = logits.index_select(0, neg_idx)
+            return zero, zero, torch.zeros_like(logits), pos_idx, logits.new_zeros(0)
+        # from here on the positives are in ascending logit order
+        pos_logits, order = sort_ascending(logits.index_select(0, pos_idx))
+        pos_idx = pos_idx.index_select(0, order)
+        pos_sorted = pos_logits.to(acc)
+        threshold = pos_logits[0] - self.delta  # in the negatives' dtype, like every comparison with them
 
-        ranker = NegativeRanker(pos_sorted, neg, threshold, self.delta, self.method, self.block_elements)
+        windows = PositiveWindows(pos_sorted, self.delta)
+        ranker = NegativeRanker(logits, targets, windows, threshold, self.method, self.block_elements)
         num_fp = ranker.false_positives()
-        rank_pos = positive_ranks(pos_sorted, self.delta)
+        rank_pos = windows.upper_sums()
         has_fp = num_fp > self.eps
         if self.interpolated:
             # a positive counts itself as 1 and precision is the running maximum over lower-ranked positives
@@ -188,22 +183,20 @@ class RankingLoss(nn.Module):
             rank = rank_pos + num_fp
             error = num_fp / rank
             spread = torch.where(has_fp, 1 / rank, torch.zeros_like(rank))
-        neg_grad = ranker.spread(spread / num_pos)
-        pos_rank_grad_sorted = -error / num_pos
+        rank_grad = ranker.spread(spread / num_pos)
+        rank_grad.index_put_((pos_idx,), (-error / num_pos).to(work))
         rank_loss = error.mean()
 
-        pos_rank_grad = torch.empty_like(pos_rank_grad_sorted).scatter_(0, order, pos_rank_grad_sorted)
         if self.with_sort:
             pos_targets = targets.index_select(0, pos_idx).to(acc)
             if self.method == 'pairwise' or num_pos <= DENSE_SORT_MAX_POSITIVES:
-                sort_error, sort_grad = sorting_error_and_grad_pairwise(pos, pos_targets, self.delta,
+                sort_error, sort_grad = sorting_error_and_grad_pairwise(pos_sorted, pos_targets, self.delta,
                                                                         self.block_elements, self.eps)
             else:
-                sort_error, sort_grad = sorting_error_and_grad(pos, pos_targets, self.delta, self.eps)
+                sort_error, sort_grad = sorting_error_and_grad(windows, pos_targets, rank_pos, self.eps)
             sort_loss = sort_error.mean()
-            pos_sort_grad = sort_grad / num_pos
+            pos_sort_grad = (sort_grad / num_pos).to(work)
         else:
             sort_loss = rank_loss.new_zeros(())
-            pos_sort_grad = torch.zeros_like(pos_rank_grad)
-        return (rank_loss, sort_loss, pos_idx, pos_rank_grad.to(work), pos_sort_grad.to(work), neg_idx,
-                neg_grad)
+            pos_sort_grad = logits.new_zeros(num_pos)
+        return rank_loss, sort_loss, rank_grad, pos_idx, pos_sort_grad

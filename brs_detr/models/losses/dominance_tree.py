@@ -1,0 +1,175 @@
+"""Offline two-dimensional dominance sums, the two-condition sums of the RS sorting error.
+
+Points ``j`` carry a position ``pos_j`` in a sequence and a rank ``rank_j`` in a key order (both permutations of
+``0..P-1``) and weights ``w_j``. The query of position ``p`` with rank bound ``r`` asks for
+``sum_j [pos_j < p] [rank_j < r] w_j``: one query per position, several rank bounds each. For the sorting error
+the sequence orders the positives by target and the ranks by logit, so a query is "the positives with a higher
+target whose logit lies below a threshold".
+
+Structure (a wavelet tree over the positions, stored level by level): at level ``k`` the points are arranged by
+(block of ``2^(L-k)`` consecutive positions, rank): the whole rank order at level 0; each block is split by the
+next position bit into its left half (bit 0) and right half (bit 1) for the next level, keeping the rank order (a
+stable partition: one cumulative sum of the bits, no sort). A query follows the path of ``p`` down the levels and
+keeps ``c``, the number of points of its current block with rank below ``r`` (they are the block's first ``c`` in
+this arrangement). Where ``p`` lies in the right half, the block's whole left half lies before ``p``: its points
+among those first ``c`` are counted by a prefix count of left-half points, and weighed by a prefix sum of
+left-half weights; ``c`` then becomes the count in the half that ``p`` enters. The positions in right halves at a
+level form a strided view of the queries, so only they gather weights. The descent stops at blocks of
+``leaf_size`` positions: the points of ``p``'s leaf block before ``p`` are left to the caller (a dense evaluation of
+a few pairs is cheaper than the last levels).
+
+The paths do not depend on the weights, so they are traced once (:meth:`DominanceTree.trace`) and reused for
+several weight columns, including columns computed from the results of an earlier one (the sorting error's
+gradient spread depends on the sorting errors).
+
+Cost: ``log2(P / leaf_size)`` levels; per level ``O(P)`` integer work for the arrangement and per rank bound, and
+one gather, one cumulative sum and one gather of ``O(P)`` per weight column. No sort, no search, no Python loop
+over points. Memory: ``O(P log P)`` int32 (two arrays per level and the traced gather slots).
+"""
+from dataclasses import dataclass
+from typing import List
+
+import torch
+from torch import Tensor
+
+
+@dataclass
+class DominancePlan:
+    """Traced query paths of :meth:`DominanceTree.trace`.
+
+    Attributes:
+        counts (Tensor): Number of points with ``pos < p`` and ``rank < r`` outside the leaf block of ``p``
+            (T, P), int64, by query position ``p``.
+        slots (list[Tensor]): Per level, where the queries in the blocks' right halves read the prefix sums of
+            their block's left half (T, blocks, half), int32: the prefix sums of block ``b`` are row ``b`` of a
+            ``(blocks, half + 1)`` table, and a query reads the column of its left-half count.
+    """
+    counts: Tensor
+    slots: List[Tensor]
+
+
+class DominanceTree:
+    """Dominance sums over ``P`` points given by their positions in rank order.
+
+    Args:
+        pos_by_rank (Tensor): ``pos_by_rank[r]`` is the position of the point of rank ``r``; a permutation of
+            ``0..P-1`` (P,), integer.
+        leaf_size (int): A power of two; pairs of points in the same block of ``leaf_size`` positions are not
+            summed (the caller handles them).
+    """
+
+    def __init__(self, pos_by_rank: Tensor, leaf_size: int = 1) -> None:
+        if leaf_size < 1 or leaf_size & (leaf_size - 1):
+            raise ValueError(f'DominanceTree: leaf_size must be a power of two, got {leaf_size}')
+        num = pos_by_rank.numel()
+        device = pos_by_rank.device
+        self.num = num
+        self.bits = max(1, (num - 1).bit_length())  # positions 0..num-1 have `bits` bits
+        self.levels = max(0, self.bits - (leaf_size.bit_length() - 1))
+        arrangement = pos_by_rank.to(torch.int32)
+        slot = torch.arange(num, dtype=torch.int32, device=device)
+        # per level: left-half points in the slots before each slot (num + 1,)
+        self._left_before: List[Tensor] = []
+        # per level: the points of every block's left half in rank order (blocks, half), padded with `num` (a point
+        # of weight 0): the left halves are the blocks' left children, contiguous in the next level's arrangement
+        self._left_points: List[Tensor] = []
+        for level in range(self.levels):
+            shift = self.bits - 1 - level
+            half = 1 << shift
+            blocks = self.blocks(level)
+            in_right = (arrangement >> shift) & 1
+            left_before = torch.zeros(num + 1, dtype=torch.int32, device=device)
+            torch.cumsum(1 - in_right, 0, dtype=torch.int32, out=left_before[1:])
+            self._left_before.append(left_before)
+            # stable partition of every block: left-half points first, both halves keep the rank order. Every block
+            # before the last is full (2h points, h per half), so a block's start has start / 2 = (block) h left-half
+            # points before it, and a point's target is start + (left points before it in the block) in the left
+            # half, start + h + (right points before it in the block) in the right half; the last block's left half
+            # holds min(h, num - start) points instead of h.
+            below = left_before[:-1]
+            half_start = (slot >> (shift + 1)) << shift  # start / 2
+            right_offset = slot + half  # slot + (left half size) - 2 (left points before it) for right points
+            last_start = (blocks - 1) << (shift + 1)
+            if num - last_start < half:
+                right_offset[last_start:] -= half - (num - last_start)
+            right_offset.sub_(below, alpha=2).mul_(in_right)
+            target = right_offset.add_(below).add_(half_start)
+            arrangement = torch.empty_like(arrangement).scatter_(0, target.long(), arrangement)
+            padded = torch.full((blocks << (shift + 1),), num, dtype=torch.int32, device=device)
+            padded[:num] = arrangement
+            self._left_points.append(padded.view(blocks, 2, half)[:, 0].contiguous())
+
+    def blocks(self, level: int) -> int:
+        """Blocks of ``2^(bits - level)`` positions covering the positions ``0..P-1``."""
+        return -(-self.num >> (self.bits - level))
+
+    def trace(self, ranks: Tensor) -> DominancePlan:
+        """Trace the queries of every position ``p`` (prefix ``pos < p``) with the rank bounds ``ranks[:, p]``.
+
+        Args:
+            ranks (Tensor): Rank bounds (T, P), integers in ``[0, P]``, by query position.
+
+        Returns:
+            DominancePlan: The counts and the gather slots for :meth:`sums`.
+        """
+        rows = ranks.shape[0]
+        num, device = self.num, ranks.device
+        padded = self.blocks(0) << self.bits  # queries padded to whole top-level blocks
+        position = torch.arange(padded, dtype=torch.int32, device=device)
+        # c: points of the current block with rank < r. The padding queries (rank bound 0) keep c = 0 inside the
+        # last real block; blocks beyond it are cut off level by level (they never hold a real query)
+        inside = torch.zeros(rows, padded, dtype=torch.int32, device=device)
+        inside[:, :num] = ranks
+        count = torch.zeros_like(inside)
+        slots = []
+        for level in range(self.levels):
+            shift = self.bits - 1 - level
+            width = 1 << (shift + 1)
+            blocks = self.blocks(level)
+            size = blocks * width
+            start = position[:size] >> (shift + 1) << (shift + 1)  # the block of position p at this level
+            inside = inside[:, :size]
+            left_below = self._left_before[level].index_select(0, (start + inside).view(-1)).view(rows, size)
+            left_below.sub_(start >> 1)
+            # the right halves of the blocks: strided views (rows, blocks, half)
+            lb_right = left_below.view(rows, blocks, 2, width >> 1)[:, :, 1]
+            inside_right = inside.view(rows, blocks, 2, width >> 1)[:, :, 1]
+            count[:, :size].view(rows, blocks, 2, width >> 1)[:, :, 1] += lb_right
+            # queries in right halves read the prefix sum of their block's left half at its first left_below points:
+            # row `block`, column left_below of the (blocks, half + 1) prefix sums of :meth:`sums`
+            row_start = ((start >> 1) + (start >> (shift + 1))).view(blocks, 2, width >> 1)[:, 1]
+            slots.append(torch.add(lb_right, row_start))
+            inside = left_below
+            lb_right.neg_().add_(inside_right)  # right halves continue with c - left_below, left ones with it
+        return DominancePlan(count[:, :num].long(), slots)
+
+    def sums(self, plan: DominancePlan, weights: Tensor) -> Tensor:
+        """``sum_j [pos_j < p] [rank_j < r] w_j`` over the points outside the leaf block of ``p``.
+
+        Args:
+            plan (DominancePlan): Traced queries (T rows of P).
+            weights (Tensor): Weight columns of the points by position (C, P), floating point; the columns share
+                every level's index reads.
+
+        Returns:
+            Tensor: The sums (C, T, P) in the weights' dtype, by query position.
+        """
+        rows, num = plan.counts.shape
+        cols = weights.shape[0]
+        padded = self.blocks(0) << self.bits
+        out = weights.new_zeros(cols, rows, padded)
+        if self.levels:
+            buffer = weights.new_empty(max(points.numel() + points.shape[0] for points in self._left_points))
+        for col in range(cols):  # column by column (measured faster than all columns per level)
+            source = torch.cat([weights[col], weights.new_zeros(1)])  # position `num` weighs nothing
+            for level in range(self.levels):
+                left_points = self._left_points[level]
+                blocks, half = left_points.shape
+                # exclusive prefix sums of every block's left-half weights in rank order, a zero column first
+                cum = buffer[:blocks * (half + 1)].view(blocks, half + 1)
+                cum[:, 0] = 0
+                torch.cumsum(source.index_select(0, left_points.view(-1)).view(blocks, half), 1, out=cum[:, 1:])
+                slots = plan.slots[level]
+                right = out[col].narrow(1, 0, blocks * 2 * half).view(rows, blocks, 2, half)[:, :, 1]
+                right += cum.view(-1).index_select(0, slots.view(-1)).view(slots.shape)
+        return out[:, :, :num]
