@@ -7,7 +7,9 @@ and a cookie), HTML error pages. Every test gets its own ``$BRS_DETR_HOME`` (tru
 and ``$TORCH_HOME``.
 """
 import errno
+import functools
 import hashlib
+import importlib.util
 import io
 import json
 import os
@@ -283,7 +285,7 @@ def test_body_that_is_no_checkpoint_is_moved_aside(server, tmp_path, capsys):
                                                        file_name='toy.pth')])
     dest = tmp_path / 'ckpt'
     assert run(['toy'], index, dest) == 1
-    assert 'is not a PyTorch checkpoint' in capsys.readouterr().err
+    assert 'is not a checkpoint (neither PyTorch nor safetensors' in capsys.readouterr().err
     assert [name.endswith('.rejected') for name in os.listdir(dest / 'original')] == [True]
     assert known_hashes.recorded('toy') is None
 
@@ -491,9 +493,72 @@ def test_http_loader_trusts_only_verified_downloads(server, tmp_path):
         CheckpointLoader.load_checkpoint(f'{base_url}/runner.pth', map_location='cpu')
 
 
-def test_default_index_is_valid():
+def _walk(node):
+    if isinstance(node, dict):
+        yield node
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, (list, tuple)):
+        for value in node:
+            yield from _walk(value)
+
+
+@functools.lru_cache(maxsize=None)
+def start_weights(config_file: str) -> tuple:
+    """The weights a config starts from: its ``Pretrained`` init_cfg checkpoints and ``load_from``, as URLs
+    (``torchvision://NAME`` resolved as brs_detr's loader does) or local paths."""
+    from brs_detr.utils.checkpoint import TORCHVISION_URLS
+    from mmengine.config import Config
+    cfg = Config.fromfile(config_file)
+    refs = [node['init_cfg']['checkpoint'] for node in _walk(cfg.model.to_dict())
+            if isinstance(node.get('init_cfg'), dict) and node['init_cfg'].get('type') == 'Pretrained']
+    refs += [cfg.load_from] if cfg.get('load_from') else []
+    return tuple(TORCHVISION_URLS[ref.split('://', 1)[1]] if ref.startswith('torchvision://') else ref
+                 for ref in refs)
+
+
+def test_every_config_in_the_index_exists():
+    """Catches dangling paths such as configs/brs_detr/brs_detr_r50_... for brs-detr_r50_...."""
     index = load_index(DEFAULT_INDEX)
     assert len(index) >= 40
+    for entry in index.values():
+        if entry['kind'] == 'detector':
+            assert osp.isfile(osp.join(REPO_ROOT, entry['config'])), f'{entry["name"]}: no config {entry["config"]}'
+
+
+def test_every_entry_starts_from_what_its_config_loads():
+    """``starts_from`` names the pretrained entry of the config's init_cfg / load_from weights, and every weights
+    file a zoo config starts from is itself a zoo entry."""
+    index = load_index(DEFAULT_INDEX)
+    pretrained = {entry['url']: name for name, entry in index.items() if entry['kind'] == 'pretrained'}
+    local = {f'checkpoints/{entry["file_name"]}': name for name, entry in index.items()
+             if entry['kind'] == 'pretrained' and entry['location'] == 'dest'}
+    for name, entry in index.items():
+        if entry['kind'] != 'detector':
+            continue
+        refs = start_weights(osp.join(REPO_ROOT, entry['config']))
+        names = [pretrained.get(ref, local.get(ref)) for ref in refs]
+        assert None not in names, f'{entry["config"]} starts from {refs}, not all of them are zoo entries'
+        assert entry['starts_from'] in names, f'{name}: starts_from {entry["starts_from"]}, config loads {refs}'
+
+
+def test_every_config_in_the_index_builds_its_model():
+    """The configs of entries with an original layout are built (and loaded) by test_convert_checkpoint.py's
+    test_original_layout_converts_and_loads_strictly; this builds all the others."""
+    from brs_detr.zoo import build_model
+    from state_dict_layouts import layout_names, load_layout
+    with_layout = {load_layout(name)['project_config'] for name in layout_names()}
+    configs = sorted({entry['config'] for entry in load_index(DEFAULT_INDEX).values() if entry['kind'] == 'detector'})
+    assert len(configs) > len(set(configs) - with_layout) > 0
+    for config in sorted(set(configs) - with_layout):
+        if 'timm' in config and importlib.util.find_spec('timm') is None:
+            continue  # optional dependency (tools/install.sh installs it)
+        try:
+            with torch.device('meta'):  # names and shapes only: fast
+                model = build_model(osp.join(REPO_ROOT, config))
+        except (RuntimeError, NotImplementedError):  # Swin computes drop-path rates with .item()
+            model = build_model(osp.join(REPO_ROOT, config))
+        assert len(model.state_dict()) > 0, config
 
 
 # ----------------------------------------------------------------------------- end to end

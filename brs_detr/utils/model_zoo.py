@@ -12,6 +12,7 @@ Each entry describes one published checkpoint (or one the paper reports but nobo
      "file_name": "brs-detr_r50_12e_coco_mmdet2.pth",   # name of the published file on disk
      "sha256": null, "size": null,                  # full hex digest / bytes, when known
      "format": "mmdet2",                            # mmdet2 | mmdet3 | torchvision | swin_official | timm
+     "location": null,                              # pretrained only: torch_hub (default) | dest
      "source": "...", "source_url": "...", "notes": "..."}
 
 An entry is *downloadable* when it has ``url`` or ``gdrive_id``, *manual* when it has only ``manual_url``,
@@ -41,6 +42,9 @@ HASH_IN_NAME = re.compile(r'-([a-f0-9]+)\.')
 MIN_HASH_PREFIX_DIGITS = 8
 KINDS = ('detector', 'pretrained')
 FORMATS = ('mmdet2', 'mmdet3', 'torchvision', 'swin_official', 'timm')
+#: Where pretrained weights go: torch.hub's cache (configs name them by URL) or the checkpoint directory (configs
+#: name them by a path such as ``checkpoints/<file_name>``).
+LOCATIONS = ('torch_hub', 'dest')
 STATUS_DOWNLOAD, STATUS_MANUAL, STATUS_NOT_RELEASED = 'download', 'manual download', 'not released'
 _NAME = re.compile(r'^[A-Za-z0-9][A-Za-z0-9_.+-]*$')
 _SHA256 = re.compile(r'^[0-9a-f]{64}$')
@@ -87,8 +91,12 @@ def _validate(entry: object, index_path: str, position: int) -> dict:
     entry = dict(entry)
     entry.setdefault('kind', 'detector')
     for field in ('url', 'gdrive_id', 'manual_url', 'sha256', 'size', 'config', 'starts_from', 'box_ap', 'mask_ap',
-                  'dataset', 'source', 'source_url', 'notes'):
+                  'dataset', 'source', 'source_url', 'notes', 'location'):
         entry.setdefault(field, None)
+    if entry['kind'] == 'pretrained' and entry['location'] is None:
+        entry['location'] = 'torch_hub'
+    if entry['location'] is not None and entry['location'] not in LOCATIONS:
+        _fail(index_path, entry, f'"location" must be one of {LOCATIONS}, got {entry["location"]!r}')
     if entry['kind'] not in KINDS:
         _fail(index_path, entry, f'"kind" must be one of {KINDS}, got {entry["kind"]!r}')
     if entry.get('format') not in FORMATS:
@@ -217,15 +225,16 @@ def entry_paths(entry: dict, dest: PathLike) -> Dict[str, str]:
     * detectors: the published file at ``DEST/original/<file_name>``, the converted checkpoint (the one to
       pass to ``tools/test.py``) at ``DEST/<name>.pth``;
     * pretrained weights (ImageNet backbones, COCO init): the published file in torch.hub's cache
-      (:func:`torch_hub_checkpoint_dir`), where the configs' ``init_cfg`` / ``load_from`` URLs look for it; no
-      conversion.
+      (:func:`torch_hub_checkpoint_dir`), where the configs' ``init_cfg`` / ``load_from`` URLs look for it, or
+      ``DEST/<file_name>`` for ``"location": "dest"`` (configs that name a local file); no conversion.
 
     Returns:
         ``dict(original=..., converted=...)`` (``converted`` is ``None`` for pretrained weights).
     """
     dest = osp.abspath(osp.expanduser(str(dest)))
     if entry['kind'] == 'pretrained':
-        return dict(original=osp.join(torch_hub_checkpoint_dir(), entry['file_name']), converted=None)
+        directory = dest if entry.get('location') == 'dest' else torch_hub_checkpoint_dir()
+        return dict(original=osp.join(directory, entry['file_name']), converted=None)
     return dict(original=osp.join(dest, 'original', entry['file_name']), converted=osp.join(dest, f'{entry["name"]}.pth'))
 
 

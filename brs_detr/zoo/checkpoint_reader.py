@@ -21,6 +21,8 @@ import torch
 #: The first bytes of a torch zip checkpoint (torch >= 1.6) and of a legacy pickled one.
 ZIP_MAGIC = b'PK\x03\x04'
 PICKLE_PROTOCOL_2_OR_LATER = b'\x80'
+#: A safetensors file (timm's weights) starts with an 8-byte header length, then its JSON header.
+SAFETENSORS_HEADER_START = 8
 #: Prefix DistributedDataParallel adds to every key.
 DDP_PREFIX = 'module.'
 #: Checkpoint keys that may hold the model's state dict, in order of preference.
@@ -34,13 +36,15 @@ class CheckpointReadError(ValueError):
 
 
 def checkpoint_format(path: str) -> Optional[str]:
-    """``'zip'`` or ``'legacy'`` from a file's first bytes; ``None`` when it is not a PyTorch checkpoint."""
+    """``'zip'``, ``'legacy'`` (torch) or ``'safetensors'`` from a file's first bytes; ``None`` for anything else."""
     with open(path, 'rb') as file:
-        head = file.read(len(ZIP_MAGIC))
-    if head == ZIP_MAGIC:
+        head = file.read(SAFETENSORS_HEADER_START + 2)
+    if head[:len(ZIP_MAGIC)] == ZIP_MAGIC:
         return 'zip'
     if head[:1] == PICKLE_PROTOCOL_2_OR_LATER:
         return 'legacy'
+    if head[SAFETENSORS_HEADER_START:] == b'{"':  # 8-byte header length, then the JSON header
+        return 'safetensors'
     return None
 
 
@@ -120,7 +124,7 @@ def read_checkpoint(path: str) -> Any:
         CheckpointReadError: The file is not a PyTorch checkpoint or is damaged.
     """
     kind = checkpoint_format(path)
-    if kind is None:
+    if kind not in ('zip', 'legacy'):
         raise CheckpointReadError(f'{path} is not a PyTorch checkpoint (it starts with {describe_head(path)})')
     try:
         return torch.load(path, map_location='cpu', weights_only=True)

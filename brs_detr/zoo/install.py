@@ -7,8 +7,8 @@ For a detector entry ``NAME`` and a destination ``DEST`` (default ``checkpoints/
 2. it is verified: against the index's ``sha256`` when there is one, else against the sha256 recorded on its
    first download (:mod:`brs_detr.utils.known_hashes`), else against a torch.hub hash prefix in its name; a
    file seen for the first time gets its sha256 recorded. A file that fails is moved aside
-   (``*.rejected``) and never loaded; an HTML page or anything else that is not a PyTorch checkpoint is
-   treated the same way;
+   (``*.rejected``) and never loaded; an HTML page or anything else that is not a checkpoint (PyTorch or
+   safetensors) is treated the same way;
 3. it is converted for the entry's config and loaded strictly into the model built from that config
    (:mod:`brs_detr.zoo.convert`), and written atomically to ``DEST/<NAME>.pth``: the file to pass to
    ``tools/test.py CONFIG DEST/<NAME>.pth``. Its sha256 is recorded too; a later run checks both files
@@ -116,8 +116,9 @@ def _reject_if_not_checkpoint(path: str, url: Optional[str]) -> None:
     head = describe_head(path)
     rejected = move_aside(path, path, sha256_file(path))
     origin = f' from {url}' if url else ''
-    raise ZooInstallError(f'{osp.basename(path)}{origin} is not a PyTorch checkpoint (it starts with {head}; an '
-                          f'HTML page or an error message?). It was moved to {rejected} and not used.')
+    raise ZooInstallError(f'{osp.basename(path)}{origin} is not a checkpoint (neither PyTorch nor safetensors; it '
+                          f'starts with {head}: an HTML page or an error message?). It was moved to {rejected} and '
+                          f'not used.')
 
 
 def _verify_existing(entry: dict, path: str, expected: Dict[str, Optional[str]]) -> str:
@@ -145,8 +146,9 @@ def _obtain_original(entry: dict, options: InstallOptions, report: Callable[[str
         report(f'{entry["name"]}: found {original}')
     elif status == STATUS_NOT_RELEASED and not options.url:
         ap = ', '.join(f'{kind} AP {entry[f"{kind}_ap"]}' for kind in ('box', 'mask') if entry.get(f'{kind}_ap'))
-        raise ZooInstallError(f'{entry["name"]} was not released by its authors (the paper reports {ap or "it"}); '
-                              f'train it with python tools/train.py {entry.get("config")}')
+        result = f'the published result is {ap}, but no checkpoint was released' if ap else 'no checkpoint exists'
+        raise ZooInstallError(f'{entry["name"]} is not released ({result}); train it with '
+                              f'python tools/train.py {entry.get("config")}')
     elif status == STATUS_MANUAL and not options.url:
         raise ZooInstallError(f'{entry["name"]} is published only on a page that cannot be downloaded '
                               f'automatically ({entry["manual_url"]}).\n' + _manual_steps(entry, original))
