@@ -182,6 +182,12 @@ def write_index(path, entries) -> str:
     return str(path)
 
 
+def toy_entry(tmp_path, url: str, **fields):
+    """(index, dest): an index with the one entry ``toy`` (file ``toy.pth``) at ``url``, and a fresh destination."""
+    index = write_index(tmp_path / 'index.json', [dict(dict(name='toy', url=url, file_name='toy.pth'), **fields)])
+    return index, tmp_path / 'ckpt'
+
+
 def run(args, index, dest, *extra):
     """The tool in-process, download only (these tests are about the transfer)."""
     return tool.main([*args, '--index', index, '--dest', str(dest), '--quiet', '--no-convert', '--retry-wait', '0',
@@ -209,14 +215,18 @@ def test_interrupted_download_is_resumed_with_range_and_gives_the_same_sha256(se
     assert not osp.exists(str(original(tmp_path / 'ckpt')) + '.partial')
 
 
+def with_partial_file(tmp_path, url: str, content: bytes):
+    """(index, dest) for entry ``toy`` at ``url``, with ``content`` left in its partial file by an earlier run."""
+    index, dest = toy_entry(tmp_path, url)
+    (dest / 'original').mkdir(parents=True)
+    (dest / 'original' / 'toy.pth.partial').write_bytes(content)
+    return index, dest
+
+
 def test_left_over_partial_file_is_resumed_by_the_next_run(server, tmp_path):
     base_url, served = server
     data = (served / 'toy.pth').read_bytes()
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth',
-                                                       file_name='toy.pth')])
-    dest = tmp_path / 'ckpt'
-    (dest / 'original').mkdir(parents=True)
-    (dest / 'original' / 'toy.pth.partial').write_bytes(data[:1000])  # left by an interrupted run
+    index, dest = with_partial_file(tmp_path, f'{base_url}/file/toy.pth', data[:1000])
     assert run(['toy'], index, dest) == 0
     assert Handler.requests == [('/file/toy.pth', 'bytes=1000-')]
     assert original(dest).read_bytes() == data
@@ -224,11 +234,8 @@ def test_left_over_partial_file_is_resumed_by_the_next_run(server, tmp_path):
 
 def test_server_ignoring_range_restarts_cleanly(server, tmp_path, capsys):
     base_url, served = server
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/ignore-range/toy.pth',
-                                                       file_name='toy.pth')])
-    dest = tmp_path / 'ckpt'
-    (dest / 'original').mkdir(parents=True)
-    (dest / 'original' / 'toy.pth.partial').write_bytes(b'garbage that must not stay in front' * 10)
+    index, dest = with_partial_file(tmp_path, f'{base_url}/ignore-range/toy.pth',
+                                    b'garbage that must not stay in front' * 10)
     assert run(['toy'], index, dest) == 0
     assert 'ignored the range request' in capsys.readouterr().err
     assert original(dest).read_bytes() == (served / 'toy.pth').read_bytes()
@@ -237,11 +244,7 @@ def test_server_ignoring_range_restarts_cleanly(server, tmp_path, capsys):
 def test_partial_file_larger_than_the_file_restarts_cleanly(server, tmp_path, capsys):
     base_url, served = server
     data = (served / 'toy.pth').read_bytes()
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth',
-                                                       file_name='toy.pth')])
-    dest = tmp_path / 'ckpt'
-    (dest / 'original').mkdir(parents=True)
-    (dest / 'original' / 'toy.pth.partial').write_bytes(data + b'extra bytes')
+    index, dest = with_partial_file(tmp_path, f'{base_url}/file/toy.pth', data + b'extra bytes')
     assert run(['toy'], index, dest) == 0
     assert 'larger than the file' in capsys.readouterr().err
     assert Handler.requests == [('/file/toy.pth', f'bytes={len(data) + 11}-'), ('/file/toy.pth', None)]
@@ -270,8 +273,7 @@ def test_google_drive_confirmation_page_is_followed(server, tmp_path, capsys):
                                             ('html-as-binary', 'HTML page instead of the file')])
 def test_html_body_is_rejected(server, tmp_path, capsys, route, message):
     base_url, _ = server
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/{route}/x', file_name='toy.pth')])
-    dest = tmp_path / 'ckpt'
+    index, dest = toy_entry(tmp_path, f'{base_url}/{route}/x')
     assert run(['toy'], index, dest) == 1
     err = capsys.readouterr().err
     assert message in err and 'To install it by hand' in err and str(original(dest)) in err
@@ -281,9 +283,7 @@ def test_html_body_is_rejected(server, tmp_path, capsys, route, message):
 
 def test_body_that_is_no_checkpoint_is_moved_aside(server, tmp_path, capsys):
     base_url, _ = server
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/not_a_checkpoint.pth',
-                                                       file_name='toy.pth')])
-    dest = tmp_path / 'ckpt'
+    index, dest = toy_entry(tmp_path, f'{base_url}/file/not_a_checkpoint.pth')
     assert run(['toy'], index, dest) == 1
     assert 'is not a checkpoint (neither PyTorch nor safetensors' in capsys.readouterr().err
     assert [name.endswith('.rejected') for name in os.listdir(dest / 'original')] == [True]
@@ -294,15 +294,13 @@ def test_checksum_mismatch_keeps_the_file_aside_and_never_loads_it(server, tmp_p
     base_url, served = server
     digest = sha256_of(served / 'toy.pth')
     wrong = ('0' if digest[0] != '0' else '1') + digest[1:]
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth', sha256=wrong,
-                                                       file_name='toy.pth')])
+    index, dest = toy_entry(tmp_path, f'{base_url}/file/toy.pth', sha256=wrong)
 
     def never(*args, **kwargs):
         raise AssertionError('a file that failed its checksum was loaded')
 
-    monkeypatch.setattr('brs_detr.zoo.checkpoint_reader.read_checkpoint', never)
+    monkeypatch.setattr('brs_detr.zoo.convert.read_checkpoint', never)
     monkeypatch.setattr(torch, 'load', never)
-    dest = tmp_path / 'ckpt'
     assert tool.main(['toy', '--index', index, '--dest', str(dest), '--quiet']) == 1
     err = capsys.readouterr().err
     assert f'expected sha256 {wrong}, got {digest}' in err
@@ -314,9 +312,7 @@ def test_checksum_mismatch_keeps_the_file_aside_and_never_loads_it(server, tmp_p
 
 def test_first_use_record_catches_a_changed_file(server, tmp_path, capsys):
     base_url, served = server
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth',
-                                                       file_name='toy.pth')])
-    dest = tmp_path / 'ckpt'
+    index, dest = toy_entry(tmp_path, f'{base_url}/file/toy.pth')
     assert run(['toy'], index, dest) == 0
     first = known_hashes.recorded('toy')
     assert first['sha256'] == sha256_of(served / 'toy.pth') and first['size'] == osp.getsize(served / 'toy.pth')
@@ -329,8 +325,7 @@ def test_first_use_record_catches_a_changed_file(server, tmp_path, capsys):
     assert run(['toy'], index, dest) == 1
     assert 'expected' in capsys.readouterr().err and not original(dest).exists()
     # the server now serves another file under the same name: the re-download is refused too
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/other.pth',
-                                                       file_name='toy.pth')])
+    index, _ = toy_entry(tmp_path, f'{base_url}/file/other.pth')
     assert run(['toy'], index, dest) == 1
     assert f'expected sha256 {first["sha256"]}' in capsys.readouterr().err
     # --force accepts the new file as the new first-use record
@@ -368,9 +363,7 @@ class _FullDisk(io.FileIO):
 def test_disk_full_keeps_the_partial_file_and_the_next_run_resumes(server, tmp_path, capsys, monkeypatch):
     base_url, served = server
     data = (served / 'toy.pth').read_bytes()
-    index = write_index(tmp_path / 'index.json', [dict(name='toy', url=f'{base_url}/file/toy.pth',
-                                                       file_name='toy.pth')])
-    dest = tmp_path / 'ckpt'
+    index, dest = toy_entry(tmp_path, f'{base_url}/file/toy.pth')
     _FullDisk.budget = 700
     open_partial = download._open_partial
     monkeypatch.setattr(download, '_open_partial', lambda path, mode: _FullDisk(path, mode))
@@ -493,16 +486,6 @@ def test_http_loader_trusts_only_verified_downloads(server, tmp_path):
         CheckpointLoader.load_checkpoint(f'{base_url}/runner.pth', map_location='cpu')
 
 
-def _walk(node):
-    if isinstance(node, dict):
-        yield node
-        for value in node.values():
-            yield from _walk(value)
-    elif isinstance(node, (list, tuple)):
-        for value in node:
-            yield from _walk(value)
-
-
 @functools.lru_cache(maxsize=None)
 def start_weights(config_file: str) -> tuple:
     """The weights a config starts from: its ``Pretrained`` init_cfg checkpoints and ``load_from``, as URLs
@@ -510,8 +493,8 @@ def start_weights(config_file: str) -> tuple:
     from brs_detr.utils.checkpoint import TORCHVISION_URLS
     from mmengine.config import Config
     cfg = Config.fromfile(config_file)
-    refs = [node['init_cfg']['checkpoint'] for node in _walk(cfg.model.to_dict())
-            if isinstance(node.get('init_cfg'), dict) and node['init_cfg'].get('type') == 'Pretrained']
+    inits = [cfg.model.get('init_cfg'), (cfg.model.get('backbone') or {}).get('init_cfg')]
+    refs = [init['checkpoint'] for init in inits if isinstance(init, dict) and init.get('type') == 'Pretrained']
     refs += [cfg.load_from] if cfg.get('load_from') else []
     return tuple(TORCHVISION_URLS[ref.split('://', 1)[1]] if ref.startswith('torchvision://') else ref
                  for ref in refs)

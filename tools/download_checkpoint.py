@@ -79,7 +79,8 @@ def trust_local_files(paths, sha256=None) -> None:
         if not osp.isfile(path):
             raise FileNotFoundError(f'--trust-file: {path} does not exist or is not a file')
         digest = record_trusted_file(path, sha256=sha256, source='trusted explicitly (--trust-file)')
-        print(f'trusted {osp.abspath(path)}\nsha256: {digest}\nmanifest: {manifest_path(osp.dirname(osp.abspath(path)))}')
+        manifest = manifest_path(osp.dirname(osp.abspath(path)))
+        print(f'trusted {osp.abspath(path)}\nsha256: {digest}\nmanifest: {manifest}')
 
 
 def list_zoo(index: dict, dest: str, markdown: bool) -> str:

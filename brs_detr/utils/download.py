@@ -31,7 +31,6 @@ import os
 import os.path as osp
 import re
 import shutil
-import socket
 import sys
 import time
 import urllib.error

@@ -235,7 +235,8 @@ def entry_paths(entry: dict, dest: PathLike) -> Dict[str, str]:
     if entry['kind'] == 'pretrained':
         directory = dest if entry.get('location') == 'dest' else torch_hub_checkpoint_dir()
         return dict(original=osp.join(directory, entry['file_name']), converted=None)
-    return dict(original=osp.join(dest, 'original', entry['file_name']), converted=osp.join(dest, f'{entry["name"]}.pth'))
+    return dict(original=osp.join(dest, 'original', entry['file_name']),
+                converted=osp.join(dest, f'{entry["name"]}.pth'))
 
 
 def _ap_text(entry: dict) -> str:
