@@ -1,8 +1,10 @@
-"""Helpers of the fault tests: configs with injected faults, tool runs that can be killed, reading their results."""
+"""Helpers of the fault tests: configs with injected faults, tool runs that can be killed, reading their results,
+and a tiny model and dataset for in-process Runners."""
 from __future__ import annotations
 
 import glob
 import json
+import math
 import os
 import signal
 import subprocess
@@ -11,12 +13,17 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+from mmengine.model import BaseModel
+from torch import nn
 
 from conftest import CONFIGS_DIR, REPO_ROOT, TOOLS_DIR
 
 TOY_CONFIG = CONFIGS_DIR / 'toy' / 'atss_r18-tiny_2xb2-12e_toy-coco.py'
 TESTS_DIR = Path(__file__).resolve().parent
 RUN_TIMEOUT_S = 300
+#: Size of the in-process toy runs (:class:`Pairs`): 4 iterations per epoch.
+NUM_SAMPLES = 8
+BATCH_SIZE = 2
 #: Per-iteration values compared between a resumed and an uninterrupted run.
 COMPARED_KEYS = ('loss', 'loss_cls', 'loss_bbox', 'loss_centerness', 'grad_norm', 'lr')
 
@@ -111,3 +118,35 @@ def all_checkpoints_load(work_dir: Path) -> List[str]:
         assert 'state_dict' in checkpoint and 'optimizer' in checkpoint, path
         names.append(path.name)
     return names
+
+
+class Regressor(BaseModel):
+    """A linear regressor whose loss is NaN at the training steps in ``nan_steps`` (0-based)."""
+
+    def __init__(self, nan_steps=()) -> None:
+        super().__init__()
+        self.linear = nn.Linear(2, 1)
+        self.nan_steps = set(nan_steps)
+        self.steps = 0
+
+    def forward(self, inputs, targets=None, mode='tensor'):
+        outputs = self.linear(torch.stack(list(inputs)) if isinstance(inputs, (list, tuple)) else inputs)
+        if mode != 'loss':
+            return outputs
+        loss = ((outputs.squeeze(-1) - targets)**2).mean()
+        if self.steps in self.nan_steps:
+            loss = loss * math.nan
+        self.steps += 1
+        return dict(loss_mse=loss)
+
+
+class Pairs(torch.utils.data.Dataset):
+
+    def __init__(self) -> None:
+        self.inputs = torch.randn(NUM_SAMPLES, 2, generator=torch.Generator().manual_seed(0))
+
+    def __len__(self) -> int:
+        return NUM_SAMPLES
+
+    def __getitem__(self, index: int) -> dict:
+        return dict(inputs=self.inputs[index], targets=self.inputs[index].sum())

@@ -14,18 +14,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
 from mmengine.hooks import Hook
-from mmengine.model import BaseModel
 from mmengine.runner import Runner
 
 import brs_detr  # noqa: F401  (registers NonFiniteLossHook)
 from brs_detr.engine import NonFiniteError, NonFiniteLossHook
-from reliability_utils import fault_env, run, train_command, write_fault_config
+from reliability_utils import (BATCH_SIZE, NUM_SAMPLES, Pairs, Regressor, fault_env, run, train_command,
+                               write_fault_config)
 
-NUM_SAMPLES = 8
-BATCH_SIZE = 2
 
 
 def assert_finite_checkpoint(path: Path) -> None:
@@ -88,38 +85,6 @@ def test_nan_loss_on_one_rank_is_skipped_by_all(toy_coco_root, tmp_path, tool_en
 
 
 # ----------------------------------------------------------------------------- in-process, on a tiny Runner
-class Regressor(BaseModel):
-    """A linear regressor whose loss is NaN at the training steps in ``nan_steps`` (0-based)."""
-
-    def __init__(self, nan_steps=()) -> None:
-        super().__init__()
-        self.linear = nn.Linear(2, 1)
-        self.nan_steps = set(nan_steps)
-        self.steps = 0
-
-    def forward(self, inputs, targets=None, mode='tensor'):
-        outputs = self.linear(torch.stack(list(inputs)) if isinstance(inputs, (list, tuple)) else inputs)
-        if mode != 'loss':
-            return outputs
-        loss = ((outputs.squeeze(-1) - targets)**2).mean()
-        if self.steps in self.nan_steps:
-            loss = loss * math.nan
-        self.steps += 1
-        return dict(loss_mse=loss)
-
-
-class Pairs(torch.utils.data.Dataset):
-
-    def __init__(self) -> None:
-        self.inputs = torch.randn(NUM_SAMPLES, 2, generator=torch.Generator().manual_seed(0))
-
-    def __len__(self) -> int:
-        return NUM_SAMPLES
-
-    def __getitem__(self, index: int) -> dict:
-        return dict(inputs=self.inputs[index], targets=self.inputs[index].sum())
-
-
 class Snapshot(Hook):
     """Records the weights and optimizer state before every iteration."""
 

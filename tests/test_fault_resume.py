@@ -14,12 +14,21 @@ the same way: gloo sums two ranks' gradients, and a + b is exact whatever the or
 from __future__ import annotations
 
 import re
+import uuid
 
+import numpy as np
 import pytest
+import torch
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.runner import Runner
 
-from reliability_utils import (COMPARED_KEYS, all_checkpoints_load, fault_env, load_state_dict, max_abs_difference,
-                               run, train_command, train_records, write_fault_config)
+from brs_detr.engine import ReliableRunner
+from brs_detr.engine.reliability import guard_non_finite_loss, use_resumable_training
 from fault_injection import KILL_MARKER
+from reliability_utils import (BATCH_SIZE, COMPARED_KEYS, Pairs, Regressor, all_checkpoints_load, fault_env,
+                               load_state_dict, max_abs_difference, run, train_command, train_records,
+                               write_fault_config)
 
 #: Weights of the resumed run may differ from the uninterrupted one by at most this (measured: 0).
 WEIGHT_TOLERANCE = 1e-6
@@ -106,3 +115,84 @@ def test_kill_two_processes_during_checkpoint_save_then_resume(toy_coco_root, tm
                          fault_env(tool_env, free_port()))
     assert status == 0, output[-3000:]
     assert_same_training(reference_dir, killed_dir, 'iter_8.pth', num_iters=8)
+
+
+# ----------------------------------------------------------------------------- in-process, on a tiny Runner
+class NoisyPairs(Pairs):
+    """Pairs with random "augmentation" drawn from NumPy's global generator, as mmcv's transforms do."""
+
+    def __getitem__(self, index: int) -> dict:
+        item = super().__getitem__(index)
+        item['inputs'] = item['inputs'] + float(np.random.uniform(-0.1, 0.1))
+        return item
+
+
+class NoisyRegressor(Regressor):
+    """Regressor with random choices in the model, drawn from torch's global generator (dropout, sampling)."""
+
+    def forward(self, inputs, targets=None, mode='tensor'):
+        if mode == 'loss':
+            inputs = torch.stack(list(inputs)) * (1 + 0.1 * torch.rand(1))
+        return super().forward(inputs, targets, mode)
+
+
+class Crash(Hook):
+    """Stops the run with an exception before the given iteration (1-based), like a kill would."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+
+    def before_train_iter(self, runner, batch_idx, data_batch=None) -> None:
+        if runner.iter + 1 == self.at:
+            raise KeyboardInterrupt
+
+
+class LossLog(Hook):
+    """Records every iteration's loss."""
+
+    def __init__(self) -> None:
+        self.losses = {}
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None) -> None:
+        self.losses[runner.iter + 1] = float(outputs['loss'])
+
+
+def reliable_runner(work_dir, seed, hooks, resume=False) -> Runner:
+    """A Runner configured as tools/train.py configures one (crash-safe hook, resumable loop, NaN guard)."""
+    torch.manual_seed(0)  # the same initial weights in every run (a config's model would be built by the Runner)
+    cfg = Config(dict(
+        model=NoisyRegressor(),
+        work_dir=str(work_dir),
+        experiment_name=f'resume_{uuid.uuid4().hex}',
+        train_dataloader=dict(dataset=NoisyPairs(), sampler=dict(type='DefaultSampler', shuffle=True),
+                              batch_size=BATCH_SIZE, num_workers=0, collate_fn=dict(type='default_collate')),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
+        train_cfg=dict(by_epoch=True, max_epochs=3),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=3)),
+        custom_hooks=hooks,
+        randomness=dict(seed=seed),
+        resume=resume,
+        default_scope='mmdet'))
+    use_resumable_training(cfg)
+    guard_non_finite_loss(cfg)
+    return ReliableRunner(**cfg.to_dict())  # not from_cfg: the config holds objects, which cannot be dumped
+
+
+@pytest.mark.parametrize('crash_at', [7, 9], ids=['mid-epoch', 'epoch-start'])
+def test_resume_in_process_matches_uninterrupted(tmp_path, crash_at):
+    """Crash before iteration 7 or 9; the last checkpoint is iter_6.pth (iteration 2 of epoch 2) both times."""
+    crashed_log = LossLog()
+    crashed = reliable_runner(tmp_path / 'run', None, [Crash(crash_at), crashed_log])
+    with pytest.raises(KeyboardInterrupt):
+        crashed.train()
+    resumed_log = LossLog()
+    resumed = reliable_runner(tmp_path / 'run', None, [resumed_log], resume=True)
+    resumed.train()
+    assert min(resumed_log.losses) == 7  # continued after iter_6.pth, the last checkpoint
+    reference_log = LossLog()
+    reference = reliable_runner(tmp_path / 'reference', crashed.seed, [reference_log])
+    reference.train()
+    assert resumed_log.losses == {i: reference_log.losses[i] for i in range(7, 13)}
+    assert {i: crashed_log.losses[i] for i in range(1, 7)} == {i: reference_log.losses[i] for i in range(1, 7)}
+    for key, value in reference.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key

@@ -5,6 +5,7 @@ import logging
 from collections import OrderedDict
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+import numpy as np
 import torch
 from mmengine.dist import all_gather, get_rank, get_world_size
 from mmengine.hooks import Hook
@@ -143,18 +144,21 @@ class NonFiniteLossHook(Hook):
     def _check_log_vars(self, log_vars: Dict[str, torch.Tensor]) -> 'OrderedDict[str, torch.Tensor]':
         names = list(log_vars)
         device = next((v.device for v in log_vars.values() if torch.is_tensor(v)), torch.device('cpu'))
-        values = torch.stack([torch.as_tensor(v, device=device).detach().reshape(()).float()
-                              for v in log_vars.values()])
+        values = torch.stack([v.detach() if torch.is_tensor(v) else torch.tensor(float(v), device=device)
+                              for v in log_vars.values()]).float()
         host = self._gather_to_host(values)
         local = OrderedDict(zip(names, host[get_rank()].unbind()))
-        loss_columns = [i for i, name in enumerate(names) if LOSS_KEY_MARKER in name]
-        bad = [(rank, names[i], float(host[rank, i])) for rank in range(host.shape[0]) for i in loss_columns
-               if not bool(torch.isfinite(host[rank, i]))]
-        if not bad:
+        finite = np.isfinite(host.numpy())
+        if finite.all():  # the usual case: one check on the host copy
+            self.consecutive_skips = 0
+            return local
+        bad = [(rank, name, float(host[rank, i])) for rank in range(host.shape[0]) for i, name in enumerate(names)
+               if LOSS_KEY_MARKER in name and not finite[rank, i]]
+        if not bad:  # only values that are not losses (accuracies...) are non-finite: nothing to protect
             self.consecutive_skips = 0
             return local
         self._handle_non_finite(bad, distributed=host.shape[0] > 1)
-        return OrderedDict((name, value) for name, value in local.items() if bool(torch.isfinite(value)))
+        return OrderedDict((name, value) for (name, value), ok in zip(local.items(), finite[get_rank()]) if ok)
 
     def _where(self) -> str:
         runner = self._runner
