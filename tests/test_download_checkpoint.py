@@ -333,6 +333,26 @@ def test_first_use_record_catches_a_changed_file(server, tmp_path, capsys):
     assert known_hashes.recorded('toy')['sha256'] == sha256_of(served / 'other.pth')
 
 
+def test_concurrent_installs_of_one_entry_download_it_once(server, tmp_path):
+    from brs_detr.zoo import InstallOptions, install_entry
+    base_url, served = server
+    index, dest = toy_entry(tmp_path, f'{base_url}/file/toy.pth')
+    entry = load_index(index)['toy']
+    results = []
+
+    def install():
+        options = InstallOptions(dest=str(dest), convert=False, progress=False, out=lambda line: None)
+        results.append(install_entry(entry, options).sha256)
+
+    threads = [threading.Thread(target=install) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert results == [sha256_of(served / 'toy.pth')] * 3
+    assert Handler.requests == [('/file/toy.pth', None)]
+
+
 def test_no_network_error_says_which_url_and_how_to_place_the_file(tmp_path, capsys):
     with socket.socket() as sock:  # a port nobody listens on
         sock.bind(('127.0.0.1', 0))

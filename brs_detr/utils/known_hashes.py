@@ -16,14 +16,13 @@ zoo entry name::
 A record protects against later changes only: it cannot tell whether the first download was the
 authors' file. Copy a recorded ``sha256`` into ``checkpoints/model_zoo.json`` to pin it for everyone.
 """
-import contextlib
 import json
-import os
 import os.path as osp
 import time
-from typing import Dict, Iterator, Optional
+from typing import Dict, Optional
 
 from .atomic_io import atomic_write_text
+from .file_lock import file_lock
 from .trust import brs_detr_home
 
 STORE_NAME = 'model_zoo_sha256.json'
@@ -54,23 +53,6 @@ def recorded(name: str, file_name: Optional[str] = None) -> Optional[dict]:
     return record
 
 
-@contextlib.contextmanager
-def _locked() -> Iterator[None]:
-    """Serialize read-modify-write of the record file between processes (POSIX flock; no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    os.makedirs(brs_detr_home(), exist_ok=True)
-    with open(store_path() + '.lock', 'a') as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-
-
 def update_record(name: str, **fields: object) -> dict:
     """Create or update the record of ``name`` with ``fields`` (atomically); return the new record.
 
@@ -78,7 +60,7 @@ def update_record(name: str, **fields: object) -> dict:
     ``replace=True`` in ``fields`` to start a new record (after the user chose ``--force``).
     """
     replace = bool(fields.pop('replace', False))
-    with _locked():
+    with file_lock(store_path() + '.lock'):
         records = read_records()
         record = {} if replace else dict(records.get(name, {}))
         if 'sha256' in fields and record.get('sha256') not in (None, fields['sha256']):

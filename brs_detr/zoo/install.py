@@ -29,7 +29,8 @@ from brs_detr.utils.download import (ChecksumError, DiskFullError, DownloadError
                                      move_aside)
 from brs_detr.utils.model_zoo import (REPO_ROOT, STATUS_MANUAL, STATUS_NOT_RELEASED, config_path, entry_page,
                                       entry_paths, entry_status, entry_url, expected_checksum)
-from brs_detr.utils.trust import record_trusted_file, sha256_file
+from brs_detr.utils.file_lock import file_lock, lock_path_for
+from brs_detr.utils.trust import brs_detr_home, record_trusted_file, sha256_file
 from .checkpoint_reader import checkpoint_format, describe_head
 
 #: Default destination of detector checkpoints.
@@ -214,17 +215,20 @@ def install_entry(entry: dict, options: InstallOptions) -> InstallResult:
     """
     from .checkpoint_reader import CheckpointReadError
     from .convert import ConversionError
-    stream = options.stream or sys.stderr
-    options.stream = stream
+    options.stream = options.stream or sys.stderr
     report = options.out
-    result = _obtain_original(entry, options, report)
-    if entry['kind'] == 'detector' and options.convert:
-        try:
-            _convert(entry, result, options, report)
-        except (ConversionError, CheckpointReadError) as error:
-            raise ZooInstallError(f'{entry["name"]}: {error}') from None
-        except OSError as error:
-            raise ZooInstallError(f'{entry["name"]}: could not write the converted checkpoint: {error}') from None
+    original = entry_paths(entry, options.dest)['original']
+    # one installer per file at a time (e.g. one per node of a cluster sharing the checkpoint directory): the
+    # others wait, then find the file downloaded and converted
+    with file_lock(lock_path_for(original, osp.join(brs_detr_home(), 'locks'))):
+        result = _obtain_original(entry, options, report)
+        if entry['kind'] == 'detector' and options.convert:
+            try:
+                _convert(entry, result, options, report)
+            except (ConversionError, CheckpointReadError) as error:
+                raise ZooInstallError(f'{entry["name"]}: {error}') from None
+            except OSError as error:
+                raise ZooInstallError(f'{entry["name"]}: could not write the converted checkpoint: {error}') from None
     size = format_bytes(osp.getsize(result.original))
     report(f'{entry["name"]}: sha256 {result.sha256} ({size})')
     if result.converted:
