@@ -17,7 +17,6 @@ import signal
 import sys
 from typing import Dict, Optional, Sequence
 
-import torch
 from mmengine.dist import get_rank
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper

@@ -221,6 +221,6 @@ def test_corrupt_image_stops_training_naming_it_and_keeps_the_work_dir(toy_coco_
 def test_data_check_runs_before_the_runner(tmp_path, monkeypatch):
     """Without data/toy_coco under the working directory: refused before any work_dir file is written."""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(DataCheckError, match='annotation file not found: data/toy_coco/annotations/instances_train.json'):
+    with pytest.raises(DataCheckError, match='annotation file not found: data/toy_coco/annotations/instances_train'):
         train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd')])
     assert not (tmp_path / 'wd').exists()

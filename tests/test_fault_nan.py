@@ -165,7 +165,8 @@ def test_non_finite_weights_are_not_saved(tmp_path):
                     runner.model.linear.bias.fill_(math.nan)
 
     runner = tiny_runner(tmp_path, nan_steps=(), guard=NonFiniteLossHook(), snapshot=PlantNan())
-    with pytest.raises(NonFiniteError, match='weight linear.bias has NaN/Inf values'):
+    with pytest.raises(NonFiniteError, match='Refusing to save a checkpoint after iteration 4: weight linear.bias has '
+                       'NaN/Inf values'):
         runner.train()
     assert not list((tmp_path / 'wd').glob('*.pth'))
 

@@ -20,7 +20,7 @@ from mmengine.config import Config, DictAction
 from mmengine.logging import print_log
 from mmengine.runner import Runner
 
-from brs_detr.datasets import DataCheckError, ImageLoadError
+from brs_detr.datasets import DataCheckError, ImageLoadError, check_datasets, name_images_in_load_errors
 from brs_detr.engine import CheckpointFitError, NonFiniteError, ReliableRunner
 from brs_detr.engine.dist import LauncherError, close_process_group
 from brs_detr.utils.checkpoint import CheckpointReadError, UntrustedCheckpointError, check_checkpoint_readable
@@ -177,6 +177,16 @@ def set_work_dir(cfg: Config, work_dir: Optional[str], config_path: str) -> None
         cfg.work_dir = work_dir
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(config_path))[0])
+
+
+def prepare_datasets(cfg: Config, splits: Sequence[str], skip_check: bool) -> None:
+    """Make image-loading errors name their image and annotation file, and check the datasets of ``splits``
+    (on rank 0, before the Runner exists) unless ``skip_check`` (``--skip-data-check``)."""
+    name_images_in_load_errors(cfg, splits)
+    if skip_check:
+        warn(f'--skip-data-check: the {"/".join(splits)} data are not checked')
+    elif is_main_launch_process():
+        check_datasets(cfg, splits)
 
 
 def build_runner(cfg: Config):

@@ -18,10 +18,9 @@ from typing import Optional
 
 from mmengine.config import Config
 
-from brs_detr.datasets import check_datasets, name_images_in_load_errors
 from brs_detr.engine.dist import setup_distributed_without_cuda
-from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, is_main_launch_process,
-                     load_config, set_work_dir, warn)
+from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
+                     prepare_datasets, set_work_dir, warn)
 
 #: File suffixes ``--out`` accepts (mmdet's DumpDetResults writes a pickle).
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
@@ -93,11 +92,7 @@ def test(args: argparse.Namespace) -> None:
         show = False
     if show or args.show_dir:
         enable_visualization(cfg, show, args.show_dir, args.wait_time)
-    name_images_in_load_errors(cfg, TEST_SPLITS)
-    if args.skip_data_check:
-        warn('--skip-data-check: the test set is not checked')
-    elif is_main_launch_process():
-        check_datasets(cfg, TEST_SPLITS)
+    prepare_datasets(cfg, TEST_SPLITS, args.skip_data_check)
 
     setup_distributed_without_cuda(cfg)
 

@@ -23,12 +23,11 @@ import os.path as osp
 
 from mmengine.config import Config
 
-from brs_detr.datasets import check_datasets, name_images_in_load_errors
 from brs_detr.engine.dist import setup_distributed_without_cuda
 from brs_detr.engine.reliability import guard_non_finite_loss, use_resumable_training
 from brs_detr.utils.trust import trust_directory
-from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, is_main_launch_process,
-                     load_config, set_work_dir, warn)
+from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
+                     prepare_datasets, set_work_dir, warn)
 
 
 def check_amp_device() -> None:
@@ -94,12 +93,7 @@ def train(args: argparse.Namespace) -> None:
         check_checkpoint_file(cfg.load_from, 'load_from checkpoint')
     use_resumable_training(cfg)
     guard_non_finite_loss(cfg, args.non_finite_loss, args.max_consecutive_skips)
-    splits = validated_splits(cfg)
-    name_images_in_load_errors(cfg, splits)
-    if args.skip_data_check:
-        warn('--skip-data-check: the datasets are not checked before training')
-    elif is_main_launch_process():
-        check_datasets(cfg, splits)
+    prepare_datasets(cfg, validated_splits(cfg), args.skip_data_check)
 
     setup_distributed_without_cuda(cfg)
 

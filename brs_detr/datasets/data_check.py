@@ -2,7 +2,6 @@
 test), and make image-loading errors name the image and its annotation file."""
 from __future__ import annotations
 
-import logging
 import os.path as osp
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple

@@ -40,7 +40,8 @@ from .trust import (MANIFEST_NAME, TRUSTED_DIRS_ENV, is_trusted, record_trusted_
 
 __all__ = [
     'UntrustedCheckpointError', 'CheckpointReadError', 'check_checkpoint_readable', 'StateDictFit', 'state_dict_fit',
-    'safe_torch_load', 'load_from_local_safe', 'load_from_http_safe', 'load_from_torchvision_safe', 'install', 'trust_directory', 'trust_file', 'is_trusted', 'TORCHVISION_URLS'
+    'safe_torch_load', 'load_from_local_safe', 'load_from_http_safe', 'load_from_torchvision_safe', 'install',
+    'trust_directory', 'trust_file', 'is_trusted', 'TORCHVISION_URLS'
 ]
 
 MapLocation = Union[None, str, torch.device, Callable, dict]

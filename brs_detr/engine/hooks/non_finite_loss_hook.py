@@ -206,7 +206,8 @@ class NonFiniteLossHook(Hook):
             return
         bad_weight = _first_non_finite(checkpoint.get('state_dict', {}).items())
         if bad_weight is not None:
-            message = (f'Refusing to save a checkpoint at iteration {runner.iter + 1}: weight {bad_weight} has '
+            done = checkpoint.get('meta', {}).get('iter', runner.iter)
+            message = (f'Refusing to save a checkpoint after iteration {done}: weight {bad_weight} has '
                        f'NaN/Inf values (a non-finite gradient of finite losses?). Training stopped; the checkpoints '
                        f'already saved are unchanged.')
             print_log(message, logger='current', level=logging.ERROR)
