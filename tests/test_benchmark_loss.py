@@ -3,12 +3,14 @@ import itertools
 import json
 import os
 import re
+import statistics
 import struct
 import subprocess
 import sys
 import zlib
 
 import pytest
+from conftest import load_tool_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'benchmark_loss.py')
@@ -57,10 +59,19 @@ def _check_png(path):
 def test_benchmark_tiny_grid(tmp_path):
     out_md, out_png, out_json = tmp_path / 'bench.md', tmp_path / 'plots' / 'bench.png', tmp_path / 'bench.json'
     proc = _run(['--sizes', '2000', '--ratios', '0.005', '0.02', '--repeats', '1', '--out-md', str(out_md),
-                 '--out-png', str(out_png), '--out-json', str(out_json)])
+                 '--out-png', str(out_png), '--out-json', str(out_json), '--target-sizes', '2000',
+                 '--target-ratio', '1000'])
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     markdown = out_md.read_text()
+    # the target check: every (regime, m) cell at the target size, BRS / focal against the limit
+    target = markdown.split('## Target: BRS at most 1000x the focal loss at L = 2K', 1)[1]
+    table = [line for line in target.splitlines() if line.startswith('|')]
+    assert table[0] == '| regime | L | m | focal (ms) | BRS (ms) | BRS / focal | fastest calls | met |'
+    assert [line.split(' | ')[:3] for line in table[2:]] == [
+        ['| early', '2K', '0.5%'], ['| early', '2K', '2%'], ['| trained', '2K', '0.5%'], ['| trained', '2K', '2%']]
+    assert all(line.endswith('| yes |') for line in table[2:])
+    assert '**Target met** in all 4 cells; largest ratio' in target
     for regime in ('early', 'trained'):
         section = markdown.split(f'## Regime `{regime}`', 1)[1].split('## Regime', 1)[0]
         header, rows = _table_rows(section, '### Forward + backward time (ms)')
@@ -87,6 +98,9 @@ def test_benchmark_tiny_grid(tmp_path):
 
     raw = json.loads(out_json.read_text())
     assert len(raw['results']) == 2 * 2 * len(LOSS_ROWS)
+    assert [(row['regime'], row['ratio']) for row in raw['target']] == [
+        ('early', 0.005), ('early', 0.02), ('trained', 0.005), ('trained', 0.02)]
+    assert all(row['met'] and row['value'] == row['brs'] / row['focal'] for row in raw['target'])
     for cell in raw['results']:
         assert cell['status'] == 'ok'
         assert cell['num_pos'] == (10 if cell['ratio'] == 0.005 else 40)
@@ -111,6 +125,37 @@ def test_benchmark_budget_kills_slow_cell_and_skips_larger(tmp_path):
     assert rows['AP (pairwise)'][1:] == ['> 0.5 s', '> 0.5 s (skipped)']
     status = [cell['status'] for cell in json.loads(out_json.read_text())['results']]
     assert status == ['ok', 'over_budget', 'skipped']
+
+
+def _cell(bench, loss, regime, ratio, cpu_ms, status='ok'):
+    median = statistics.median(cpu_ms) if cpu_ms else None
+    return bench.CellResult(regime, 1_000_000, ratio, loss, 10, status=status, median_cpu_ms=median, median_ms=1.0,
+                            cpu_ms=cpu_ms, times_ms=[1.0] * len(cpu_ms))
+
+
+def test_benchmark_target_verdict():
+    """The target rows and the verdict from the reported (median) times; cells that did not finish fail it."""
+    bench = load_tool_module('benchmark_loss')
+    args = bench.parse_args(['--sizes', '1000000', '--ratios', '0.01', '0.05', '--losses', 'focal', 'brs',
+                             '--metric', 'cpu', '--regimes', 'early'])
+    results = [_cell(bench, 'focal', 'early', 0.01, [20.0, 21.0, 30.0]),
+               _cell(bench, 'brs', 'early', 0.01, [40.0, 50.0, 61.0]),  # median 50 / 21 = 2.38
+               _cell(bench, 'focal', 'early', 0.05, [20.0, 20.0, 20.0]),
+               _cell(bench, 'brs', 'early', 0.05, [59.0, 61.0, 70.0])]  # 3.05
+    rows = bench.target_cells(results, args)
+    assert [round(row['value'], 2) for row in rows] == [2.38, 3.05]
+    assert [round(row['fastest'], 2) for row in rows] == [2.0, 2.95]
+    assert [row['met'] for row in rows] == [True, False]
+    text = '\n'.join(bench.render_target(results, args))
+    assert '**Target not met** in 1 of 2 cells; largest ratio 3.05 (early, m = 5%).' in text
+    assert '| early | 1M | 5% | 20.0 | 61.0 | 3.05 | 2.95 | **no** |' in text
+    args.target_ratio = 3.1
+    assert '**Target met** in all 2 cells' in '\n'.join(bench.render_target(results, args))
+    results[3] = _cell(bench, 'brs', 'early', 0.05, [], status='over_budget')
+    rows = bench.target_cells(results, args)
+    assert rows[1]['value'] is None and not rows[1]['met']
+    args.target_sizes = [10_000]  # no cell at the target size: no section
+    assert bench.render_target(results, args) == []
 
 
 def test_benchmark_rejects_bad_arguments(tmp_path):

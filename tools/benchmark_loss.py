@@ -17,6 +17,9 @@ Rows (``--losses``): ``focal``, ``rs`` (RankSortLoss, pairwise: the cost profile
 ``rs_exact`` (RankSortLoss, exact prefix-sum method), ``brs`` (BucketedRankSortLoss), ``ap`` (APLoss,
 pairwise), ``ap_exact`` (APLoss, exact) and ``bap`` (BucketedAPLoss).
 
+The run ends with the target check: for every cell with L in ``--target-sizes`` (default 1M) that ran both BRS and
+focal, the ratio BRS / focal of the reported times and whether it is at most ``--target-ratio`` (default 3).
+
 Every cell runs in a worker process. A cell whose first call does not finish within ``--max-seconds``
 (``--pairwise-max-seconds`` for the pairwise rows) is killed and reported as ``> N s`` (the worker is
 restarted), and larger cells of the same loss and regime are then skipped. After the first call, timed
@@ -35,6 +38,9 @@ Examples::
     python tools/benchmark_loss.py --out-md work_dirs/benchmark_loss.md --out-png work_dirs/benchmark_loss.png
     # a quick run
     python tools/benchmark_loss.py --sizes 10000 --ratios 0.01 --repeats 2 --out-md /tmp/b.md
+    # the target rows: BRS / focal at L = 1M for m up to 5 %, one thread, CPU time (a few minutes)
+    python tools/benchmark_loss.py --sizes 1000000 --ratios 0.001 0.01 0.02 0.05 --losses focal brs rs_exact \
+        --threads 1 --metric cpu
     # only the fast losses, on a GPU
     python tools/benchmark_loss.py --device cuda --losses focal brs rs_exact bap ap_exact
 """
@@ -556,6 +562,63 @@ def _ratio_cell(num: Optional[CellResult], den: Optional[CellResult], metric: st
     return f'{_shown(num, metric) / _shown(den, metric):.2f}'
 
 
+def _fastest(r: CellResult, metric: str) -> Optional[float]:
+    """The fastest timed call of a cell (the warm-up call when none was timed)."""
+    times = r.cpu_ms if metric == 'cpu' else r.times_ms
+    return min(times) if times else _shown(r, metric)
+
+
+def target_cells(results: Sequence[CellResult], args) -> List[dict]:
+    """The BRS / focal target (issue 8): one row per (regime, size in ``--target-sizes``, ratio) where both ran.
+
+    Returns:
+        list[dict]: ``regime``, ``size``, ``ratio``, ``focal`` and ``brs`` (the reported times, ms), ``value`` (their
+        ratio, None when a cell did not finish), ``fastest`` (the ratio of the fastest calls) and ``met``.
+    """
+    by_key = {(r.regime, r.size, r.ratio, r.loss): r for r in results}
+    rows = []
+    for regime in args.regimes:
+        for size in sorted(set(args.sizes) & set(args.target_sizes)):
+            for ratio in sorted(args.ratios):
+                focal, brs = by_key.get((regime, size, ratio, 'focal')), by_key.get((regime, size, ratio, 'brs'))
+                if focal is None or brs is None:
+                    continue
+                done = focal.status == 'ok' and brs.status == 'ok' and _shown(focal, args.metric)
+                value = _shown(brs, args.metric) / _shown(focal, args.metric) if done else None
+                fastest = _fastest(brs, args.metric) / _fastest(focal, args.metric) if done else None
+                rows.append(dict(regime=regime, size=size, ratio=ratio, focal=_shown(focal, args.metric),
+                                 brs=_shown(brs, args.metric), value=value, fastest=fastest,
+                                 met=value is not None and value <= args.target_ratio))
+    return rows
+
+
+def render_target(results: Sequence[CellResult], args) -> List[str]:
+    """Markdown section of :func:`target_cells` with the verdict (empty when the run has no target cell)."""
+    rows = target_cells(results, args)
+    if not rows:
+        return []
+    sizes = ', '.join(_size_label(s) for s in sorted({row['size'] for row in rows}))
+    lines = [f'## Target: BRS at most {args.target_ratio:g}x the focal loss at L = {sizes}', '',
+             f'Forward + backward {METRIC_TEXT[args.metric]}: the reported times (medians) and their ratio, which '
+             'decides; the ratio of the fastest calls of each cell is given for reference.', '',
+             '| regime | L | m | focal (ms) | BRS (ms) | BRS / focal | fastest calls | met |',
+             '|---|---:|---:|---:|---:|---:|---:|---|']
+    for row in rows:
+        value = f'{row["value"]:.2f}' if row['value'] is not None else 'n/a'
+        fastest = f'{row["fastest"]:.2f}' if row['fastest'] is not None else 'n/a'
+        focal = _fmt_ms(row['focal']) if row['focal'] else 'n/a'
+        brs = _fmt_ms(row['brs']) if row['brs'] else 'n/a'
+        lines.append(f'| {row["regime"]} | {_size_label(row["size"])} | {_ratio_label(row["ratio"])} | {focal} | '
+                     f'{brs} | {value} | {fastest} | {"yes" if row["met"] else "**no**"} |')
+    missed = [row for row in rows if not row['met']]
+    worst = max((row for row in rows if row['value'] is not None), key=lambda row: row['value'], default=None)
+    worst_text = (f'; largest ratio {worst["value"]:.2f} ({worst["regime"]}, m = {_ratio_label(worst["ratio"])})'
+                  if worst else '')
+    lines += ['', (f'**Target met** in all {len(rows)} cells{worst_text}.' if not missed else
+                   f'**Target not met** in {len(missed)} of {len(rows)} cells{worst_text}.'), '']
+    return lines
+
+
 def render_markdown(results: Sequence[CellResult], args, info: dict, started: str) -> str:
     """The result tables (one time table with ratio rows and one memory table per regime) as Markdown."""
     by_key = {(r.regime, r.size, r.ratio, r.loss): r for r in results}
@@ -601,6 +664,7 @@ def render_markdown(results: Sequence[CellResult], args, info: dict, started: st
             cells = [by_key.get((regime, s, m, key)) for s, m in columns]
             lines.append(f'| {LOSSES[key].title} | ' + ' | '.join(_mem_cell(c) if c else '–' for c in cells) + ' |')
         lines.append('')
+    lines += render_target(results, args)
     failed = [r for r in results if r.status == 'failed']
     if failed:
         lines += ['## Failed cells', '']
@@ -763,6 +827,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="what the tables report: 'wall' clock time, or the worker's 'cpu' time (all threads; "
                              "robust on a shared machine when used with --threads 1)")
     parser.add_argument('--seed', type=int, default=0, help='base seed of the inputs')
+    parser.add_argument('--target-ratio', type=_positive_float, default=3.0,
+                        help='the target: BRS forward + backward at most this many times the focal loss')
+    parser.add_argument('--target-sizes', nargs='+', type=_positive_int, default=[1_000_000],
+                        help='numbers of logits L whose cells the target applies to')
     parser.add_argument('--out-md', default=None, help='write the Markdown tables here')
     parser.add_argument('--out-png', default=None, help='write the plot here (PNG)')
     parser.add_argument('--out-json', default=None, help='write the raw measurements here')
@@ -809,7 +877,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         render_png(results, args, args.out_png)
         print(f'wrote {args.out_png}')
     if args.out_json:
-        payload = dict(args=vars(args), info=info, started=started, results=[asdict(r) for r in results])
+        payload = dict(args=vars(args), info=info, started=started, results=[asdict(r) for r in results],
+                       target=target_cells(results, args))
         _atomic_write(args.out_json, lambda f: json.dump(payload, f, indent=1), mode='w')
         print(f'wrote {args.out_json}')
     return 1 if any(r.status == 'failed' for r in results) else 0

@@ -32,6 +32,9 @@ from typing import List
 import torch
 from torch import Tensor
 
+#: Devices on which float64 weight columns are summed in pairs as complex128 (MPS has neither).
+PAIRED_DEVICES = ('cpu', 'cuda')
+
 
 @dataclass
 class DominancePlan:
@@ -82,17 +85,14 @@ class DominanceTree:
             torch.cumsum(1 - in_right, 0, dtype=torch.int32, out=left_before[1:])
             self._left_before.append(left_before)
             # stable partition of every block: left-half points first, both halves keep the rank order. Every block
-            # before the last is full (2h points, h per half), so a block's start has start / 2 = (block) h left-half
-            # points before it, and a point's target is start + (left points before it in the block) in the left
-            # half, start + h + (right points before it in the block) in the right half; the last block's left half
-            # holds min(h, num - start) points instead of h.
+            # before the last is full (2h points, h per half), so a block's start has start / 2 left-half points
+            # before it, and a point's target is start + (left points before it in the block) in the left half,
+            # start + h + (right points before it in the block) in the right half. A block with right-half points
+            # has a full left half (the last block too), so both are start / 2 + below + [right] (slot + h - 2 below)
+            # with `below` the left-half points before the slot.
             below = left_before[:-1]
             half_start = (slot >> (shift + 1)) << shift  # start / 2
-            right_offset = slot + half  # slot + (left half size) - 2 (left points before it) for right points
-            last_start = (blocks - 1) << (shift + 1)
-            if num - last_start < half:
-                right_offset[last_start:] -= half - (num - last_start)
-            right_offset.sub_(below, alpha=2).mul_(in_right)
+            right_offset = (slot + half).sub_(below, alpha=2).mul_(in_right)
             target = right_offset.add_(below).add_(half_start)
             arrangement = torch.empty_like(arrangement).scatter_(0, target.long(), arrangement)
             padded = torch.full((blocks << (shift + 1),), num, dtype=torch.int32, device=device)
@@ -148,28 +148,39 @@ class DominanceTree:
 
         Args:
             plan (DominancePlan): Traced queries (T rows of P).
-            weights (Tensor): Weight columns of the points by position (C, P), floating point; the columns share
-                every level's index reads.
+            weights (Tensor): Weight columns of the points by position (C, P), floating point.
 
         Returns:
             Tensor: The sums (C, T, P) in the weights' dtype, by query position.
         """
         rows, num = plan.counts.shape
         cols = weights.shape[0]
-        padded = self.blocks(0) << self.bits
-        out = weights.new_zeros(cols, rows, padded)
-        if self.levels:
-            buffer = weights.new_empty(max(points.numel() + points.shape[0] for points in self._left_points))
-        for col in range(cols):  # column by column (measured faster than all columns per level)
-            source = torch.cat([weights[col], weights.new_zeros(1)])  # position `num` weighs nothing
-            for level in range(self.levels):
-                left_points = self._left_points[level]
-                blocks, half = left_points.shape
-                # exclusive prefix sums of every block's left-half weights in rank order, a zero column first
-                cum = buffer[:blocks * (half + 1)].view(blocks, half + 1)
-                cum[:, 0] = 0
-                torch.cumsum(source.index_select(0, left_points.view(-1)).view(blocks, half), 1, out=cum[:, 1:])
-                slots = plan.slots[level]
-                right = out[col].narrow(1, 0, blocks * 2 * half).view(rows, blocks, 2, half)[:, :, 1]
-                right += cum.view(-1).index_select(0, slots.view(-1)).view(slots.shape)
-        return out[:, :, :num]
+        out = weights.new_empty(cols, rows, num)
+        # float64 columns travel in pairs as the real and imaginary parts of complex128 numbers: complex addition
+        # adds the parts separately (bitwise the same sums), and one pass over the levels serves two columns
+        paired = weights.dtype == torch.float64 and weights.device.type in PAIRED_DEVICES
+        col = 0
+        while col < cols:
+            if paired and col + 1 < cols:
+                both = self._column_sums(plan, torch.complex(weights[col], weights[col + 1]))
+                out[col], out[col + 1] = both.real, both.imag
+                col += 2
+            else:
+                out[col] = self._column_sums(plan, weights[col])
+                col += 1
+        return out
+
+    def _column_sums(self, plan: DominancePlan, weights: Tensor) -> Tensor:
+        """:meth:`sums` of one column (P,) (real or complex); (T, P)."""
+        rows, num = plan.counts.shape
+        out = weights.new_zeros(rows, self.blocks(0) << self.bits)
+        source = torch.cat([weights, weights.new_zeros(1)])  # position `num` weighs nothing
+        for left_points, slots in zip(self._left_points, plan.slots):
+            blocks, half = left_points.shape
+            # exclusive prefix sums of every block's left-half weights in rank order, a zero column first
+            table = weights.new_empty(blocks, half + 1)
+            table[:, 0] = 0
+            torch.cumsum(source.index_select(0, left_points.view(-1)).view(blocks, half), 1, out=table[:, 1:])
+            right = out.narrow(1, 0, blocks * 2 * half).view(rows, blocks, 2, half)[:, :, 1]
+            right += table.view(-1).index_select(0, slots.view(-1)).view(slots.shape)
+        return out[:, :num]

@@ -11,8 +11,9 @@ from .sorted_search import sort_ascending
 #: Default cap on the number of pairwise elements held at once (|rows| x |cols|), about 32 MB in float64.
 DEFAULT_BLOCK_ELEMENTS = 1 << 22
 #: Up to this many positives the sorting error is computed densely over the P x P pairs (one block): cheaper
-#: than the divide and conquer's fixed per-level cost (DETR heads call the loss with tens of positives).
-DENSE_SORT_MAX_POSITIVES = 512
+#: than the dominance tree's fixed per-level cost (DETR heads call the loss with tens of positives). Measured
+#: (one thread): 1.8 ms dense / 2.2 ms tree at 256 positives, 8.0 / 2.1 ms at 512.
+DENSE_SORT_MAX_POSITIVES = 256
 
 
 def _accumulation_dtype(logits: Tensor) -> torch.dtype:
