@@ -581,7 +581,9 @@ def test_download_convert_and_test_a_tiny_model_as_a_user_does(server, tmp_path,
                                                        'brs_paa_toy', file_name='brs-paa_toy_mmdet2.pth',
                                                        config=config)])
     dest = tmp_path / 'checkpoints'
-    env = dict(tool_env, OMP_NUM_THREADS='1')
+    # tool_env was copied before this test's isolated $BRS_DETR_HOME / $TORCH_HOME were set
+    env = dict(tool_env, OMP_NUM_THREADS='1', TORCH_HOME=os.environ['TORCH_HOME'])
+    env[trust.HOME_ENV] = os.environ[trust.HOME_ENV]
     done = subprocess.run([sys.executable, TOOL, 'brs-paa_toy', '--index', index, '--dest', str(dest)],
                           capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stderr
@@ -595,6 +597,7 @@ def test_download_convert_and_test_a_tiny_model_as_a_user_does(server, tmp_path,
     again = subprocess.run([sys.executable, TOOL, 'brs-paa_toy', '--index', index, '--dest', str(dest)],
                            capture_output=True, text=True, timeout=600, env=env)
     assert again.returncode == 0 and 'is up to date' in again.stdout
+    assert known_hashes.recorded('brs-paa_toy')['converted_sha256'] == sha256_of(converted)  # in this test's home
     tested = subprocess.run([sys.executable, osp.join(REPO_ROOT, 'tools', 'test.py'), osp.join(REPO_ROOT, config),
                              str(converted), '--work-dir', str(tmp_path / 'work')], capture_output=True, text=True,
                             timeout=600, env=env, cwd=toy_coco_root.parents[1])
