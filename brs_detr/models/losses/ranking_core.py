@@ -202,40 +202,41 @@ class Intervals:
     """Relevant negatives aggregated into the intervals between consecutive break points.
 
     Attributes:
-        slot (Tensor): Interval of every logit (M,), int32; ``K + 1`` (the sink) for anything that is not a
-            relevant negative.
+        slot (Tensor): Slot of every logit (M,), int32: ``k + 1`` for a relevant negative in interval ``k``, 0 (the
+            sink) for anything else.
         table (SortedKeys): Interval means as keys (non-decreasing) weighted by interval sizes, (K + 1,).
     """
     slot: Tensor
     table: SortedKeys
 
 
-def aggregate_intervals(logits: Tensor, relevant: Tensor, breaks: Tensor, lower_bound: Tensor) -> Intervals:
+def aggregate_intervals(logits: Tensor, negative: Tensor, breaks: Tensor, threshold: Tensor) -> Intervals:
     """Group the relevant negatives by the intervals of sorted break points and represent each by its mean.
 
     Interval ``k`` holds the negatives with ``breaks[k-1] <= n < breaks[k]`` (a negative equal to a break point goes
-    to the interval above it). Means are clamped into their interval, so a prototype never crosses a break point
-    through rounding (the threshold crash of the published code cannot happen). Empty intervals get weight zero and
-    a key on their lower end so the keys stay sorted. The interval index is computed for every logit (no
-    ``nonzero`` over the negatives); logits that are not relevant negatives go to a sink slot that every table
+    to the interval above it), interval 0 those from the relevance threshold up. Means are clamped into their
+    interval, so a prototype never crosses a break point through rounding (the threshold crash of the published code
+    cannot happen). Empty intervals get weight zero and a key on their lower end so the keys stay sorted. Every
+    logit is located among the threshold and the break points at once (no mask of relevant negatives, no
+    ``nonzero``): logits below the threshold and logits that are not negatives go to a sink slot that every table
     maps to zero. Sizes and sums are accumulated in float64.
 
     Args:
         logits (Tensor): All logits (M,).
-        relevant (Tensor): Relevant negatives (M,), bool.
-        breaks (Tensor): Break points sorted ascending (K,), the logits' dtype.
-        lower_bound (Tensor): Scalar key for an empty first interval (the relevance threshold).
+        negative (Tensor): Negatives (M,), bool.
+        breaks (Tensor): Break points sorted ascending (K,), the logits' dtype, none below the threshold.
+        threshold (Tensor): Relevance threshold (scalar): negatives below it take no part.
 
     Returns:
         Intervals: Slot per logit and the (K + 1,) weighted table of interval means (float64).
     """
     acc = torch.float64 if logits.device.type != 'mps' else torch.float32
     num = breaks.numel() + 1
-    slot = SortedIndex(breaks).count(logits, right=True, out_int32=True)
-    slot = torch.where(relevant, slot, num)
-    sizes = torch.bincount(slot, minlength=num + 1)[:num].to(acc)
-    sums = torch.bincount(slot, weights=logits.to(acc), minlength=num + 1)[:num]
-    edges = torch.cat([lower_bound.reshape(1).to(breaks), breaks])
+    edges = torch.cat([threshold.reshape(1).to(breaks), breaks])
+    slot = SortedIndex(edges).count(logits, right=True, out_int32=True)  # 0 below the threshold
+    slot = torch.where(negative, slot, 0)
+    sizes = torch.bincount(slot, minlength=num + 1)[1:].to(acc)
+    sums = torch.bincount(slot, weights=logits.to(acc), minlength=num + 1)[1:]
     lower = edges.to(acc)
     # largest value of the dtype strictly below the next break point
     upper = torch.nextafter(torch.cat([breaks, breaks.new_full((1,), float('inf'))]),
@@ -270,15 +271,14 @@ class NegativeRanker:
                                                                                 method)
         self.block_elements = block_elements
         self.intervals: Optional[Intervals] = None
-        relevant = (logits >= threshold) & (targets == 0)
         pos_breaks = pos_sorted.to(logits.dtype)  # comparisons with the negatives happen in their dtype
         if method == 'pairwise':
-            self.neg_idx = torch.nonzero(relevant).squeeze(1)
+            self.neg_idx = torch.nonzero((logits >= threshold) & (targets == 0)).squeeze(1)
             self.neg = logits.index_select(0, self.neg_idx)
             return
         if method == 'exact' and delta != 0:
             pos_breaks = sort_ascending(torch.cat([pos_breaks - delta, pos_breaks + delta]))[0]
-        self.intervals = aggregate_intervals(logits, relevant, pos_breaks, threshold)
+        self.intervals = aggregate_intervals(logits, targets == 0, pos_breaks, threshold)
 
     def _row_blocks(self, num_rows: int, num_cols: int) -> Iterator[slice]:
         step = max(1, self.block_elements // max(num_cols, 1))
@@ -331,8 +331,8 @@ class NegativeRanker:
         table = SortedKeys.build(self.pos_sorted, weights, self.windows.index)
         keys = self.intervals.table.keys
         slot = self.intervals.slot
-        zero = keys.new_zeros(1)
-        per_interval = torch.cat([step_sums(table, keys, self.delta, upper=False), zero]).to(dtype)
+        zero = keys.new_zeros(1)  # the sink slot 0
+        per_interval = torch.cat([zero, step_sums(table, keys, self.delta, upper=False)]).to(dtype)
         value = per_interval.index_select(0, slot)
         if self.method == 'bucketed' or self.delta == 0:  # bucket prototype / constant between break points
             return value
@@ -342,8 +342,8 @@ class NegativeRanker:
         lo = table.index.count(keys - self.delta, right=True)
         hi = table.index.count(keys + self.delta, right=True)
         slope = (table.cum_w.index_select(0, hi) - table.cum_w.index_select(0, lo)) / (2 * self.delta)
-        slope = torch.cat([slope, zero]).to(dtype)
-        key = torch.cat([keys, zero]).to(dtype)
+        slope = torch.cat([zero, slope]).to(dtype)
+        key = torch.cat([zero, keys]).to(dtype)
         return value + slope.index_select(0, slot) * (self.logits - key.index_select(0, slot))
 
 

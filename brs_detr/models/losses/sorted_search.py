@@ -105,7 +105,7 @@ class SortedIndex:
 
     def _cell(self, x: Tensor) -> Tensor:
         # the same operations for break points and values: the cell function must be the same monotone function
-        return ((x - self._lo) * self._scale).clamp_(0, self._cells - 1).to(torch.int32)
+        return torch.sub(x, self._lo).mul_(self._scale).clamp_(0, self._cells - 1).to(torch.int32)
 
     def count(self, values: Tensor, right: bool = True, out_int32: bool = False) -> Tensor:
         """How many break points are ``<= value`` (``right``) or ``< value``.
