@@ -11,6 +11,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict
 
 import pytest
@@ -19,7 +20,7 @@ from mmengine.config import Config
 
 from brs_detr.apis.launch import ToolInputError, check_cfg_options
 from brs_detr.datasets import DataCheckError
-from brs_detr.engine import CheckpointFitError, find_resumable_checkpoint
+from brs_detr.engine import CheckpointFitError, ReliableRunner, find_resumable_checkpoint
 from brs_detr.utils.checkpoint import CheckpointReadError, UntrustedCheckpointError
 from conftest import load_tool_module
 from reliability_utils import TOY_CONFIG, run, train_command
@@ -224,3 +225,30 @@ def test_data_check_runs_before_the_runner(tmp_path, monkeypatch):
     with pytest.raises(DataCheckError, match='annotation file not found: data/toy_coco/annotations/instances_train'):
         train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd')])
     assert not (tmp_path / 'wd').exists()
+
+
+@pytest.mark.parametrize('policy, resuming', [('weights', False), ('partial', False), ('partial', True)])
+def test_fit_policies(policy, resuming):
+    """A missing BatchNorm counter is tolerated when testing; resuming needs an exact fit; load_from logs the rest."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
+    warnings = []
+    runner = SimpleNamespace(checkpoint_fit=policy, _resuming=resuming, cfg=SimpleNamespace(filename='cfg.py'),
+                             logger=SimpleNamespace(warning=warnings.append))
+    state = {k: v for k, v in model.state_dict().items() if not k.endswith('num_batches_tracked')}
+    check = ReliableRunner._check_fit
+    if resuming:
+        with pytest.raises(CheckpointFitError, match=r'cannot resume from x.pth: .*1 missing from the checkpoint: '
+                           r'1.num_batches_tracked'):
+            check(runner, 'x.pth', dict(state_dict=state), model, [])
+        return
+    check(runner, 'x.pth', dict(state_dict=state), model, [])
+    assert len(warnings) == 1 and 'fits the model of cfg.py only partly' in warnings[0]
+    del state['0.weight']
+    if policy == 'weights':
+        with pytest.raises(CheckpointFitError, match=r'the weights x.pth do not fit .* 2 missing from the checkpoint: '
+                           r'0.weight, 1.num_batches_tracked'):
+            check(runner, 'x.pth', dict(state_dict=state), model, [])
+    else:
+        check(runner, 'x.pth', dict(state_dict={'module.' + k: v for k, v in state.items()}), model,
+              [(r'^module\.', '')])
+        assert '5 of the model\'s 7 entries fit' in warnings[-1]

@@ -1,18 +1,22 @@
-"""No checkpoint is ever half-written and the work_dir always keeps a usable one (``CrashSafeCheckpointHook``).
+"""No checkpoint is ever half-written and the work_dir always keeps a usable one (``CrashSafeCheckpointHook``,
+``ReliableRunner``).
 
 The kill during a checkpoint's own write is in test_fault_resume.py (two processes); here: the kill while
-``last_checkpoint`` is written (mmengine truncates and rewrites it in place), and a save that fails (full disk) with
-``max_keep_ckpts=1`` (mmengine deletes the old checkpoint before writing the new one).
+``last_checkpoint`` is written (mmengine truncates and rewrites it in place), a save that fails (full disk) with
+``max_keep_ckpts=1`` (mmengine deletes the old checkpoint before writing the new one), and a failed config dump.
 """
 from __future__ import annotations
 
 import uuid
+from types import SimpleNamespace
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.runner import Runner
 
 import brs_detr  # noqa: F401  (registers CrashSafeCheckpointHook, installs the atomic backend)
+from brs_detr.engine import ReliableRunner
 from brs_detr.utils import atomic_io
 from fault_injection import KILL_MARKER
 from reliability_utils import (BATCH_SIZE, Pairs, Regressor, all_checkpoints_load, fault_env, run, train_command,
@@ -81,3 +85,25 @@ def test_failed_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch, hook_t
     assert kept == ['epoch_1.pth']
     assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'epoch_1.pth')
     assert torch.load(work_dir / 'epoch_1.pth', weights_only=False)['meta']['epoch'] == 1
+
+
+def test_config_dump_is_atomic(tmp_path, monkeypatch):
+    """A failure in the middle of dumping the config (here: a disk that fills up) leaves the previous dump whole."""
+    dump = tmp_path / 'toy.py'
+    dump.write_text('previous = "dump"\n')
+    write_bytes = atomic_io.atomic_write_bytes
+
+    def half_then_full(data, path):
+        with atomic_io.atomic_open(path, 'wb') as file:
+            file.write(data[:len(data) // 2])
+            raise OSError(28, 'No space left on device')
+
+    monkeypatch.setattr(atomic_io, 'atomic_write_bytes', half_then_full)
+    fake_runner = SimpleNamespace(cfg=Config(dict(answer=42), filename=str(dump)), work_dir=str(tmp_path),
+                                  timestamp='0')
+    with pytest.raises(OSError, match='No space left'):
+        ReliableRunner.dump_config(fake_runner)
+    assert dump.read_text() == 'previous = "dump"\n' and not list(tmp_path.glob('*.tmp-*'))
+    monkeypatch.setattr(atomic_io, 'atomic_write_bytes', write_bytes)
+    ReliableRunner.dump_config(fake_runner)
+    assert Config.fromfile(str(dump)).answer == 42

@@ -39,6 +39,8 @@ USER_ERRORS: Tuple[Type[BaseException], ...] = (ToolInputError, LauncherError, U
                                                   ImageLoadError)
 #: Errors that stop a run whose input was fine: reported with their message (no traceback) and exit status 1.
 RUN_ERRORS: Tuple[Type[BaseException], ...] = (NonFiniteError, )
+#: Environment variables that hold a process's rank, by launcher (torchrun, Slurm, Open MPI).
+RANK_VARIABLES = ('RANK', 'SLURM_PROCID', 'OMPI_COMM_WORLD_RANK')
 #: Prefix of a ``--cfg-options`` key that is added to the config on purpose.
 NEW_KEY_PREFIX = '+'
 #: Top-level fields the Runner reads although configs often leave them out (``--cfg-options`` may add them).
@@ -63,8 +65,12 @@ def warn(message: str) -> None:
 
 
 def is_main_launch_process() -> bool:
-    """Whether this is rank 0 of the job (before the process group exists: from the launcher's environment)."""
-    return os.environ.get('RANK', '0') == '0'
+    """Whether this is rank 0 of the job, before the process group exists: from the launcher's environment
+    (torchrun's ``RANK``, Slurm's ``SLURM_PROCID``, Open MPI's ``OMPI_COMM_WORLD_RANK``)."""
+    for variable in RANK_VARIABLES:
+        if variable in os.environ:
+            return os.environ[variable] == '0'
+    return True
 
 
 def is_url(path: str) -> bool:

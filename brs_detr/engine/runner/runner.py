@@ -23,6 +23,8 @@ LAST_CHECKPOINT_MARKER = 'last_checkpoint'
 RESUMABLE_CHECKPOINT = re.compile(r'^(epoch|iter)_\d+\.pth$')
 #: How strictly a checkpoint loaded with ``load_from`` must fit the model (resuming is always ``'exact'``).
 FIT_POLICIES = ('partial', 'weights')
+#: Buffers a checkpoint of the same model may lack without changing its predictions (older BatchNorm checkpoints).
+OPTIONAL_BUFFER_SUFFIXES = ('num_batches_tracked', )
 
 
 class CheckpointFitError(ValueError):
@@ -75,7 +77,8 @@ class ReliableRunner(Runner):
         with a warning and partly random weights);
       - ``load_from`` with ``checkpoint_fit='partial'`` (training; fine-tuning from another number of classes is
         normal) refuses only a checkpoint of which nothing fits and logs what does not;
-        ``checkpoint_fit='weights'`` (testing) refuses any missing or reshaped weight.
+        ``checkpoint_fit='weights'`` (testing) refuses any missing or reshaped weight (a missing BatchNorm
+        ``num_batches_tracked`` counter is tolerated: it does not change predictions).
 
       The error (:class:`CheckpointFitError`) names the file, counts what fits and lists the first mismatching
       keys with their shapes.
@@ -128,7 +131,8 @@ class ReliableRunner(Runner):
         if self._resuming:
             raise CheckpointFitError(f'cannot resume from {filename}: it is not a checkpoint of the model of '
                                      f'{config} ({fit.describe()}). Resume with the config it was trained with.')
-        if self.checkpoint_fit == 'weights' and (fit.missing or fit.reshaped):
+        missing_weights = [key for key in fit.missing if not key.endswith(OPTIONAL_BUFFER_SUFFIXES)]
+        if self.checkpoint_fit == 'weights' and (missing_weights or fit.reshaped):
             raise CheckpointFitError(f'the weights {filename} do not fit the model of {config} ({fit.describe()}): '
                                      'they were trained with another config (model, backbone or number of classes)')
         if fit.num_loaded == 0:
