@@ -3,8 +3,8 @@
 :class:`FaultInjectionHook` can, at chosen iterations (1-based, as the logs count them):
 
 * turn a loss term into NaN (``nan_at={iteration: key}``; ``nan_ranks`` limits it to some ranks);
-* kill the run with SIGKILL in the middle of writing a file whose name contains ``kill_in_write_of``, after half of
-  its bytes reached the disk (the file is written through ``brs_detr.utils.atomic_io``, like every checkpoint and
+* kill the run with SIGKILL in the middle of writing a file whose name contains ``kill_in_write_of`` (its
+  ``kill_on_write``-th write, default the first), after half of its bytes reached the disk (the file is written through ``brs_detr.utils.atomic_io``, like every checkpoint and
   ``last_checkpoint``). ``kill_group=True`` kills the whole job (the torchrun launcher and every rank) at once, as a
   node failure or a scheduler's preemption does.
 
@@ -54,17 +54,19 @@ class FaultInjectionHook(Hook):
     Args:
         nan_at: ``{iteration: loss key}``: that loss becomes NaN at that iteration.
         nan_ranks: Ranks that get the NaN (default: all).
-        kill_in_write_of: Kill while writing the first file whose name contains this text.
+        kill_in_write_of: Kill while writing a file whose name contains this text.
+        kill_on_write: Which write of such a file is killed (1: the first).
         kill_group: Kill the whole job (launcher and all ranks) instead of this process only.
     """
 
     priority = 'HIGHEST'
 
     def __init__(self, nan_at: Optional[Dict[int, str]] = None, nan_ranks: Optional[Sequence[int]] = None,
-                 kill_in_write_of: Optional[str] = None, kill_group: bool = False) -> None:
+                 kill_in_write_of: Optional[str] = None, kill_on_write: int = 1, kill_group: bool = False) -> None:
         self.nan_at = {int(k): v for k, v in (nan_at or {}).items()}
         self.nan_ranks = None if nan_ranks is None else set(nan_ranks)
         self.kill_in_write_of = kill_in_write_of
+        self.kill_on_write = kill_on_write
         self.kill_group = kill_group
         self._iteration = 0
 
@@ -92,9 +94,13 @@ class FaultInjectionHook(Hook):
     def _patch_writes(self) -> None:
         write_bytes = atomic_io.atomic_write_bytes
         target = self.kill_in_write_of
+        writes = []
 
         def write_half_then_die(data, path) -> None:
             if target not in os.path.basename(str(path)) or get_rank() != 0:
+                return write_bytes(data, path)
+            writes.append(path)
+            if len(writes) < self.kill_on_write:
                 return write_bytes(data, path)
             with atomic_io.atomic_open(path, 'wb') as file:  # the temporary file the real write would fill
                 view = memoryview(data)

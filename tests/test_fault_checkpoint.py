@@ -25,17 +25,17 @@ from reliability_utils import (BATCH_SIZE, Pairs, Regressor, all_checkpoints_loa
 
 @pytest.mark.slow
 def test_kill_while_writing_last_checkpoint_then_resume(toy_coco_root, tmp_path, tool_env, python_exe):
-    """Killed while writing last_checkpoint after iter_6.pth: it still names iter_3.pth, every *.pth loads, and
-    --resume continues from iter_3 (mid-epoch: 4 iterations per epoch)."""
+    """Killed while last_checkpoint is rewritten after iter_6.pth: it still names iter_3.pth (whole), every *.pth
+    loads, and --resume continues from iter_3 (mid-epoch: 4 iterations per epoch)."""
     cwd, env = toy_coco_root.parents[1], fault_env(tool_env)
     config = write_fault_config(tmp_path / 'cfg.py', epochs=2, interval=3,
-                                faults="kill_in_write_of='last_checkpoint'")
+                                faults="kill_in_write_of='last_checkpoint', kill_on_write=2")
     work_dir = tmp_path / 'wd'
     status, output = run(train_command(config, work_dir, python_exe), cwd, env)
     assert status == -9 and KILL_MARKER in output, output[-3000:]
-    assert 'Saving checkpoint at 3 iterations' in output  # killed in the first last_checkpoint write after iter_3
-    assert all_checkpoints_load(work_dir) == ['iter_3.pth']
-    assert not (work_dir / 'last_checkpoint').exists()  # never written: the only write was killed
+    assert 'Saving checkpoint at 6 iterations' in output
+    assert all_checkpoints_load(work_dir) == ['iter_3.pth', 'iter_6.pth']
+    assert (work_dir / 'last_checkpoint').read_text() == str(work_dir / 'iter_3.pth')
     assert [p.name.split('.tmp-')[0] for p in work_dir.glob('*.tmp-*')] == ['last_checkpoint']
 
     clean = write_fault_config(tmp_path / 'clean.py', epochs=2, interval=3)

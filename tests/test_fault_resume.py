@@ -39,6 +39,7 @@ def assert_same_training(reference_dir, resumed_dir, final_checkpoint: str, num_
     """Same final weights and same per-iteration log values as the uninterrupted run."""
     difference = max_abs_difference(load_state_dict(reference_dir / final_checkpoint),
                                     load_state_dict(resumed_dir / final_checkpoint))
+    print(f'largest difference of the final weights: {difference}')
     assert difference <= WEIGHT_TOLERANCE, f'final weights differ by {difference}'
     reference, resumed = train_records(reference_dir), train_records(resumed_dir)
     assert sorted(reference) == sorted(resumed) == list(range(1, num_iters + 1))
