@@ -14,15 +14,13 @@ segmentation models, class names and scores) and ``OUT_DIR/preds/<stem>.json`` (
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
-import sys
 from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
-# The repository root, so that `python demo/image_demo.py` finds brs_detr without installing it.
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from brs_detr.apis import BRSDetInferencer, collect_images, has_display
+from brs_detr.apis.launch import check_checkpoint_file, check_config_file, run_tool_main
 
 PALETTES = ('coco', 'voc', 'citys', 'random', 'none')
 
@@ -49,29 +47,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--palette', default='none', choices=PALETTES,
                         help="box/mask colours: 'none' = the config's (else the checkpoint's) palette")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. model.test_cfg.max_per_img=10')
+                        help='override config keys, e.g. model.test_cfg.max_per_img=10 (the key must exist in the '
+                        'config; write +key=value to add a new one)')
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # cheap checks first: importing brs_detr (all of mmdet's models) takes seconds
-    if not osp.isfile(args.config):
-        parser.error(f'config file not found: {args.config}')
-    if args.weights is not None and '://' not in args.weights and not osp.isfile(args.weights):
-        parser.error(f'weights file not found: {args.weights}')
     if not 0 <= args.pred_score_thr <= 1:
         parser.error(f'--pred-score-thr must be between 0 and 1, got {args.pred_score_thr}')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
-    if not args.show:
-        os.environ.setdefault('MPLBACKEND', 'Agg')  # drawing needs no window
-
-    from brs_detr.apis import BRSDetInferencer, collect_images, has_display
+    check_config_file(args.config)
+    if args.weights is not None:
+        check_checkpoint_file(args.weights, 'weights')
     if args.show and not has_display():
         parser.error('--show needs a display (DISPLAY/WAYLAND_DISPLAY is not set); the drawn images are saved '
                      f'under {osp.join(args.out_dir, "vis")} without it')
+
     images = collect_images(args.inputs)  # before the model is built: a typo fails in seconds
     inferencer = BRSDetInferencer(model=args.config, weights=args.weights, device=args.device, palette=args.palette,
                                   cfg_options=args.cfg_options)
@@ -85,5 +79,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    from brs_detr.apis.cli import run_cli
-    run_cli(main)
+    run_tool_main(main)

@@ -86,12 +86,14 @@ def run_browse(args: List, cwd: Path, env: Dict[str, str], expect_rc: int = 0) -
     return run_tool([sys.executable, BROWSE, *args], cwd, env, expect_rc)
 
 
-@pytest.mark.slow
-def test_boxes_after_the_pipeline(dataset_root, tool_env, tmp_path):
-    out_dir = tmp_path / 'browse_atss'
-    output = run_browse([ATSS_CONFIG, '--output-dir', out_dir, '--not-show'], dataset_root.parents[1], tool_env)
-    assert f'{NUM_TRAIN} sample(s) drawn into {out_dir}' in output
-    results = check_browsed(out_dir, dataset_root, with_masks=False)
+def test_boxes_after_the_pipeline(dataset_root, tmp_path, monkeypatch):
+    """In process (the tool runs as a subprocess below): the ATSS pipeline, boxes only."""
+    from brs_detr.apis import browse_dataset
+
+    monkeypatch.chdir(dataset_root.parents[1])
+    written = browse_dataset(Config.fromfile(ATSS_CONFIG), output_dir=str(tmp_path), progress=False)
+    assert len(written) == NUM_TRAIN
+    results = check_browsed(tmp_path, dataset_root, with_masks=False)
     assert all(r['box_pixels'] > 0 for r in results) and sum(r['box_pixels'] for r in results) >= 60, results
 
 
@@ -101,6 +103,7 @@ def test_masks_after_the_pipeline_without_a_display(dataset_root, tool_env, tmp_
     out_dir = tmp_path / 'browse_mask'
     output = run_browse([MASK_CONFIG, '--output-dir', out_dir], dataset_root.parents[1], tool_env)
     assert 'no display (DISPLAY/WAYLAND_DISPLAY is not set): saving the images only' in output
+    assert f'{NUM_TRAIN} sample(s) drawn into {out_dir}' in output
     results = check_browsed(out_dir, dataset_root, with_masks=True)
     assert all(r['mask_pixels'] > 0 for r in results) and sum(r['mask_pixels'] for r in results) >= 100, results
 
@@ -136,17 +139,17 @@ def test_repeated_samples_get_distinct_files(dataset_root, tmp_path, monkeypatch
 
 def test_no_display_and_no_output_dir_fails(tmp_path, monkeypatch, capsys):
     """In process: without a display there is nothing to do unless --output-dir is given; a missing config is named."""
+    from brs_detr.apis.launch import ToolInputError
     from conftest import load_tool_module
 
     monkeypatch.delenv('DISPLAY', raising=False)
     monkeypatch.delenv('WAYLAND_DISPLAY', raising=False)
-    monkeypatch.setenv('MPLBACKEND', 'Agg')
     browse = load_tool_module('analysis_tools/browse_dataset')
-    for argv, message in (([ATSS_CONFIG], 'browse_dataset.py: error: no display (DISPLAY/WAYLAND_DISPLAY is not set): '
-                                          'pass --output-dir DIR to save the images'),
-                          ([tmp_path / 'typo.py'], f'error: config file not found: {tmp_path / "typo.py"}')):
-        monkeypatch.setattr(sys, 'argv', [str(BROWSE)])
-        with pytest.raises(SystemExit) as exit_info:
-            browse.main([str(arg) for arg in argv])
-        assert exit_info.value.code == 2
-        assert message in capsys.readouterr().err
+    monkeypatch.setattr(sys, 'argv', [str(BROWSE)])
+    with pytest.raises(SystemExit) as exit_info:
+        browse.main([str(ATSS_CONFIG)])
+    assert exit_info.value.code == 2
+    assert ('browse_dataset.py: error: no display (DISPLAY/WAYLAND_DISPLAY is not set): pass --output-dir DIR to save '
+            'the images') in capsys.readouterr().err
+    with pytest.raises(ToolInputError, match=f'config file not found: {tmp_path / "typo.py"}'):
+        browse.main([str(tmp_path / 'typo.py'), '--output-dir', str(tmp_path)])

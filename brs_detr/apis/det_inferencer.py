@@ -24,7 +24,8 @@ from brs_detr.utils.atomic_io import atomic_write_text
 from .drawing import visualizer_config, write_png
 from .image_inputs import ImageInputError, collect_images, output_names
 from .runtime import resolve_device
-from .weights import load_weights_strictly, trust_runner_work_dir
+from .launch import check_cfg_options, check_config_file
+from .weights import load_weights_strictly
 
 InputType = Union[str, np.ndarray]
 
@@ -85,10 +86,9 @@ class BRSDetInferencer(DetInferencer):
     What changed, and why:
 
     * Weights are loaded with brs-detr's safe loader (``torch.load(weights_only=True)``; full unpickling only for
-      trusted files, see :mod:`brs_detr.utils.checkpoint`; the folder of a Runner work_dir is trusted as in
-      ``tools/test.py``) and **strictly**: weights of another model raise
-      :class:`~brs_detr.apis.weights.WeightsMismatchError` listing the keys instead of drawing the detections of a
-      half-random network.
+      trusted files, such as the checkpoints the user's own Runner saved, see :mod:`brs_detr.utils.checkpoint`) and
+      **strictly**: weights of another model raise :class:`~brs_detr.apis.weights.WeightsMismatchError` listing the
+      keys instead of drawing the detections of a half-random network.
     * Class names: the checkpoint's ``dataset_meta``, else the config's test dataset ``metainfo`` (mmdet jumps to the
       80 COCO classes, which mislabels every model of a custom data set), else COCO's with a warning.
     * Inputs: files, folders and glob patterns (``**`` recurses), expanded and checked before the model is built
@@ -108,7 +108,8 @@ class BRSDetInferencer(DetInferencer):
         palette: ``'none'`` (the config's, else the checkpoint's palette), ``'coco'``, ``'voc'``, ``'citys'``,
             ``'random'`` or a list of RGB tuples.
         show_progress: Show a progress bar.
-        cfg_options: Config keys to override (``--cfg-options``).
+        cfg_options: Config keys to override (``--cfg-options``; each key must exist in the config, or be written
+            ``+key`` to add it, see :func:`~brs_detr.apis.launch.check_cfg_options`).
     """
 
     def __init__(self,
@@ -121,15 +122,15 @@ class BRSDetInferencer(DetInferencer):
                  cfg_options: Optional[dict] = None) -> None:
         self._weights_source = weights
         self._config_source = model if isinstance(model, str) else None
+        self._output_names: Dict[str, str] = {}
+        self._num_array_inputs = 0
+        if isinstance(model, str):
+            check_config_file(model)
         if cfg_options:
             if model is None:
                 raise ValueError('cfg_options need a config (model)')
             model = Config.fromfile(model) if isinstance(model, str) else Config(dict(model))
-            model.merge_from_dict(cfg_options)
-        self._output_names: Dict[str, str] = {}
-        self._num_array_inputs = 0
-        if weights is not None:
-            trust_runner_work_dir(weights)
+            model.merge_from_dict(check_cfg_options(model, cfg_options))
         super().__init__(model=model, weights=weights, device=resolve_device(device), scope=scope, palette=palette,
                          show_progress=show_progress)
 
@@ -212,7 +213,8 @@ class BRSDetInferencer(DetInferencer):
         if all(isinstance(item, str) for item in items):
             result = collect_images(items)
         else:
-            result = [image for item in items for image in (collect_images([item]) if isinstance(item, str) else [item])]
+            result = [image for item in items
+                      for image in (collect_images([item]) if isinstance(item, str) else [item])]
         self._output_names.update(output_names([item for item in result if isinstance(item, str)]))
         return result
 

@@ -15,12 +15,14 @@ from typing import Dict, Iterable, List, Sequence
 
 import cv2
 
+from .launch import ToolInputError
+
 #: Image file extensions looked for in folders and glob matches (mmdet's ``IMG_EXTENSIONS``, compared
 #: case-insensitively).
 IMG_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
 
 
-class ImageInputError(ValueError):
+class ImageInputError(ToolInputError):
     """An input names no image, or an image cannot be read. The message names the input."""
 
 

@@ -1,22 +1,15 @@
-"""Where the demo tools run: the inference device and whether a window can be shown."""
+"""The device the inference demo runs on."""
 from __future__ import annotations
 
-import os
-import sys
 from typing import Optional
 
 import torch
 
+from .launch import ToolInputError
 
-class DeviceError(ValueError):
+
+class DeviceError(ToolInputError):
     """The requested device does not exist on this machine."""
-
-
-def has_display() -> bool:
-    """Whether a window can be opened (assumed on Windows and macOS; on other systems ``DISPLAY``/``WAYLAND_DISPLAY``)."""
-    if os.name != 'posix' or sys.platform == 'darwin':
-        return True
-    return bool(os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY'))
 
 
 def resolve_device(device: Optional[str]) -> str:

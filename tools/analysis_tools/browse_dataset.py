@@ -12,15 +12,13 @@ Without a display the images are only saved (``--output-dir`` is then required).
 from __future__ import annotations
 
 import argparse
-import os
-import os.path as osp
-import sys
 from typing import Optional, Sequence
 
 from mmengine.config import DictAction
+from mmengine.logging import print_log
 
-# The repository root, so that the tool finds brs_detr without installing it.
-sys.path.insert(0, osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__)))))
+from brs_detr.apis import browse_dataset, has_display
+from brs_detr.apis.launch import load_config, run_tool_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,35 +29,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--show-interval', type=float, default=2, help='seconds each sample is shown')
     parser.add_argument('--max-samples', type=int, help='draw at most this many samples (default: all)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, as xxx=yyy pairs, e.g. train_dataloader.dataset.pipeline.3.prob=0.0')
+                        help='override config keys, as xxx=yyy pairs, e.g. '
+                        'train_dataloader.dataset.pipeline.3.prob=0.0 (the key must exist in the config; write '
+                        '+key=value to add a new one)')
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not osp.isfile(args.config):
-        parser.error(f'config file not found: {args.config}')
     if args.max_samples is not None and args.max_samples < 1:
         parser.error(f'--max-samples must be at least 1, got {args.max_samples}')
     show = not args.not_show
-    if not show:
-        os.environ.setdefault('MPLBACKEND', 'Agg')  # drawing needs no window
-
-    from mmengine.config import Config
-    from mmengine.logging import print_log
-
-    from brs_detr.apis import browse_dataset, has_display
     if show and not has_display():
         if args.output_dir is None:
             parser.error('no display (DISPLAY/WAYLAND_DISPLAY is not set): pass --output-dir DIR to save the images')
         print_log('no display (DISPLAY/WAYLAND_DISPLAY is not set): saving the images only (--not-show)',
                   logger='current')
         show = False
-        os.environ.setdefault('MPLBACKEND', 'Agg')
-    cfg = Config.fromfile(args.config)
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
+    cfg = load_config(args.config, args.cfg_options, launcher='none')
     written = browse_dataset(cfg, output_dir=args.output_dir, show=show, show_interval=args.show_interval,
                              max_samples=args.max_samples)
     if args.output_dir is not None:
@@ -67,4 +55,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    main()
+    run_tool_main(main)
