@@ -274,6 +274,7 @@ def test_unreadable_images_are_named(demo_module, small_images, tmp_path, no_dis
     assert not (tmp_path / 'out' / 'vis').exists()
 
 
+@pytest.mark.slow  # uses the trained checkpoints
 def test_weights_of_another_model_are_refused(demo_module, demo_env, no_display):
     """ATSS weights for the Mask R-CNN config: the missing and unexpected keys are named."""
     from brs_detr.apis import WeightsMismatchError
@@ -286,6 +287,7 @@ def test_weights_of_another_model_are_refused(demo_module, demo_env, no_display)
     assert re.search(r'\d+ in the checkpoint but not in the model: bbox_head\.', message), message
 
 
+@pytest.mark.slow  # uses the trained checkpoints
 def test_weights_of_another_shape_are_refused(demo_module, demo_env, tmp_path, no_display):
     """Same model, 5 classes instead of 3: the reshaped keys are named."""
     from brs_detr.apis import WeightsMismatchError
@@ -297,6 +299,7 @@ def test_weights_of_another_shape_are_refused(demo_module, demo_env, tmp_path, n
                           '--cfg-options', 'model.bbox_head.num_classes=5', '--out-dir', str(tmp_path)])
 
 
+@pytest.mark.slow  # uses the trained checkpoints
 def test_untrusted_pickled_checkpoint_is_refused(demo_module, demo_env, tmp_path, no_display):
     """A Runner checkpoint (pickled objects) copied out of its work_dir is not unpickled; a state dict loads."""
     from brs_detr.utils.checkpoint import UntrustedCheckpointError
@@ -320,6 +323,7 @@ def test_untrusted_pickled_checkpoint_is_refused(demo_module, demo_env, tmp_path
     assert inferencer.model.dataset_meta['palette'] == PALETTE
 
 
+@pytest.mark.slow  # uses the trained checkpoints
 def test_palette_and_print_result(demo_module, demo_env, tmp_path, capsys, no_display):
     """--palette coco draws in COCO's colours (checked on the pixels); --print-result prints the predictions."""
     from mmdet.visualization.palette import get_palette
@@ -338,6 +342,7 @@ def test_palette_and_print_result(demo_module, demo_env, tmp_path, capsys, no_di
     assert verified['box_pixels'] >= 10, verified
 
 
+@pytest.mark.slow  # uses the trained checkpoints
 def test_python_api_takes_bgr_arrays(demo_env, tmp_path):
     """An image passed as a BGR array (cv2.imread) gives the same drawing and predictions as its file."""
     import cv2
