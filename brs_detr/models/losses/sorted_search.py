@@ -1,17 +1,17 @@
 """Sorting and searching primitives of the ranking losses: fast, exact replacements of ``torch.sort`` and
 ``torch.searchsorted`` for the access patterns of the losses (many queries, sorted keys, float keys).
 
-Both functions return exactly what the torch function they replace returns, for any input (ties, values on
-break points, large magnitudes, ``-0.0``); only the cost differs:
+Each returns exactly what the torch function it replaces returns, for any input (ties, values on break points,
+large magnitudes, ``-0.0``); only the cost differs:
 
-* :func:`sort_ascending`: torch sorts floating-point tensors on the CPU with a comparison sort but integer
-  tensors of at least 32K elements with a radix sort, about 4x faster. A finite float maps to an integer with the
-  same order (its IEEE bit pattern, with the magnitude bits of negative numbers flipped), so sorting the integers
-  gives the float order. Stable.
-* :func:`count_sorted`: ``torch.searchsorted(breaks, values, right=...)`` costs ``log2 K`` dependent random reads
-  per value. Here a uniform grid over the break points' range answers most values with one table read and a couple
-  of comparisons with the break points next to the guess; values in the few cells that hold more break points fall
-  back to ``searchsorted``.
+* :func:`sort_ascending`, :func:`argsort_descending`: torch sorts floating-point tensors on the CPU with a
+  comparison sort but integer tensors of at least 32K elements with a radix sort, about 4x faster. A finite float
+  maps to an integer with the same order (its IEEE bit pattern, with the magnitude bits of negative numbers
+  flipped), so sorting the integers gives the float order. Stable.
+* :class:`SortedIndex` (and the one-off :func:`count_sorted`): ``torch.searchsorted(breaks, values, right=...)``
+  costs ``log2 K`` dependent random reads per value. Here a uniform grid over the break points' range answers most
+  values with one table read and a couple of comparisons with the break points next to the guess; values in the few
+  cells that hold more break points fall back to ``searchsorted``.
 """
 from typing import Tuple
 
