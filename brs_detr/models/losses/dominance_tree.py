@@ -66,24 +66,36 @@ class DominanceTree:
             raise ValueError(f'DominanceTree: leaf_size must be a power of two, got {leaf_size}')
         num = pos_by_rank.numel()
         device = pos_by_rank.device
+        int32 = dict(dtype=torch.int32, device=device)
         self.num = num
         self.bits = max(1, (num - 1).bit_length())  # positions 0..num-1 have `bits` bits
         self.levels = max(0, self.bits - (leaf_size.bit_length() - 1))
-        arrangement = pos_by_rank.to(torch.int32)
-        slot = torch.arange(num, dtype=torch.int32, device=device)
+        # Buffers are allocated once and reused level by level: fresh large temporaries at every level cost page
+        # faults on every call.
         # per level: left-half points in the slots before each slot (num + 1,)
-        self._left_before: List[Tensor] = []
+        self._left_before = torch.zeros(self.levels, num + 1, **int32)
         # per level: the points of every block's left half in rank order (blocks, half), padded with `num` (a point
         # of weight 0): the left halves are the blocks' left children, contiguous in the next level's arrangement
-        self._left_points: List[Tensor] = []
+        sizes = [self.blocks(level) << (self.bits - 1 - level) for level in range(self.levels)]
+        flat = torch.empty(sum(sizes), **int32)
+        self._left_points = [points.view(self.blocks(level), -1)
+                             for level, points in enumerate(torch.split(flat, sizes))]
+        # the arrangements, padded with `num` to whole blocks (level 0 is the longest)
+        padded = self.blocks(0) << self.bits
+        arrangements = torch.full((2, padded), num, **int32)
+        arrangements[0, :num] = pos_by_rank
+        slot = torch.arange(num, **int32)
+        in_right, half_start, target = torch.empty(3, num, **int32)
+        target_long = torch.empty(num, dtype=torch.long, device=device)
         for level in range(self.levels):
             shift = self.bits - 1 - level
             half = 1 << shift
-            blocks = self.blocks(level)
-            in_right = (arrangement >> shift) & 1
-            left_before = torch.zeros(num + 1, dtype=torch.int32, device=device)
-            torch.cumsum(1 - in_right, 0, dtype=torch.int32, out=left_before[1:])
-            self._left_before.append(left_before)
+            arrangement, following = arrangements[level % 2], arrangements[(level + 1) % 2]
+            current = arrangement[:num]
+            torch.bitwise_and(torch.bitwise_right_shift(current, shift, out=in_right), 1, out=in_right)
+            left_before = self._left_before[level]
+            torch.cumsum(in_right, 0, dtype=torch.int32, out=left_before[1:])
+            torch.sub(slot + 1, left_before[1:], out=left_before[1:])  # left-half points up to each slot
             # stable partition of every block: left-half points first, both halves keep the rank order. Every block
             # before the last is full (2h points, h per half), so a block's start has start / 2 left-half points
             # before it, and a point's target is start + (left points before it in the block) in the left half,
@@ -91,13 +103,12 @@ class DominanceTree:
             # has a full left half (the last block too), so both are start / 2 + below + [right] (slot + h - 2 below)
             # with `below` the left-half points before the slot.
             below = left_before[:-1]
-            half_start = (slot >> (shift + 1)) << shift  # start / 2
-            right_offset = (slot + half).sub_(below, alpha=2).mul_(in_right)
-            target = right_offset.add_(below).add_(half_start)
-            arrangement = torch.empty_like(arrangement).scatter_(0, target.long(), arrangement)
-            padded = torch.full((blocks << (shift + 1),), num, dtype=torch.int32, device=device)
-            padded[:num] = arrangement
-            self._left_points.append(padded.view(blocks, 2, half)[:, 0].contiguous())
+            torch.bitwise_left_shift(torch.bitwise_right_shift(slot, shift + 1, out=half_start), shift,
+                                     out=half_start)  # start / 2
+            torch.add(slot, half, out=target).sub_(below, alpha=2).mul_(in_right).add_(below).add_(half_start)
+            following[:num].scatter_(0, target_long.copy_(target), current)
+            blocks = self.blocks(level)
+            self._left_points[level].copy_(following[:blocks << (shift + 1)].view(blocks, 2, half)[:, 0])
 
     def blocks(self, level: int) -> int:
         """Blocks of ``2^(bits - level)`` positions covering the positions ``0..P-1``."""
@@ -114,33 +125,46 @@ class DominanceTree:
         """
         rows = ranks.shape[0]
         num, device = self.num, ranks.device
+        int32 = dict(dtype=torch.int32, device=device)
         padded = self.blocks(0) << self.bits  # queries padded to whole top-level blocks
-        position = torch.arange(padded, dtype=torch.int32, device=device)
-        # c: points of the current block with rank < r. The padding queries (rank bound 0) keep c = 0 inside the
-        # last real block; blocks beyond it are cut off level by level (they never hold a real query)
-        inside = torch.zeros(rows, padded, dtype=torch.int32, device=device)
-        inside[:, :num] = ranks
-        count = torch.zeros_like(inside)
-        slots = []
+        position = torch.arange(padded, **int32)
+        # c: points of the current block with rank < r, in two buffers (this level's and the next). The padding
+        # queries (rank bound 0) keep c = 0 inside the last real block; blocks beyond it are cut off level by level
+        # (they never hold a real query)
+        insides = torch.zeros(2, rows * padded, **int32)  # each level's (rows, size) contiguous in one of them
+        insides[0].view(rows, padded)[:, :num] = ranks
+        size_before = padded
+        count = torch.zeros(rows, padded, **int32)
+        half_start, row_start = torch.empty(2, padded, **int32)
+        index = torch.empty(rows * padded, **int32)
+        # the slots of all levels in one buffer: (rows, blocks, half) per level
+        sizes = [rows * (self.blocks(level) << (self.bits - 1 - level)) for level in range(self.levels)]
+        slots = list(torch.split(torch.empty(sum(sizes), **int32), sizes))
         for level in range(self.levels):
             shift = self.bits - 1 - level
-            width = 1 << (shift + 1)
+            half = 1 << shift
             blocks = self.blocks(level)
-            size = blocks * width
-            start = position[:size] >> (shift + 1) << (shift + 1)  # the block of position p at this level
-            inside = inside[:, :size]
-            left_below = self._left_before[level].index_select(0, (start + inside).view(-1)).view(rows, size)
-            left_below.sub_(start >> 1)
+            size = blocks * 2 * half
+            inside = insides[level % 2, :rows * size_before].view(rows, size_before)[:, :size]
+            left_below = insides[(level + 1) % 2, :rows * size].view(rows, size)
+            size_before = size
+            # the block of position p at this level starts at (p >> (shift + 1)) << (shift + 1); half of it: h_start
+            h_start = torch.bitwise_left_shift(torch.bitwise_right_shift(position[:size], shift + 1,
+                                                                         out=half_start[:size]), shift,
+                                               out=half_start[:size])
+            idx = torch.add(inside, h_start, alpha=2, out=index[:rows * size].view(rows, size))  # start + c
+            torch.index_select(self._left_before[level], 0, idx.view(-1), out=left_below.view(-1))
+            left_below.sub_(h_start)
             # the right halves of the blocks: strided views (rows, blocks, half)
-            lb_right = left_below.view(rows, blocks, 2, width >> 1)[:, :, 1]
-            inside_right = inside.view(rows, blocks, 2, width >> 1)[:, :, 1]
-            count[:, :size].view(rows, blocks, 2, width >> 1)[:, :, 1] += lb_right
+            lb_right = left_below.view(rows, blocks, 2, half)[:, :, 1]
+            inside_right = inside.view(rows, blocks, 2, half)[:, :, 1]
+            count[:, :size].view(rows, blocks, 2, half)[:, :, 1] += lb_right
             # queries in right halves read the prefix sum of their block's left half at its first left_below points:
-            # row `block`, column left_below of the (blocks, half + 1) prefix sums of :meth:`sums`
-            row_start = ((start >> 1) + (start >> (shift + 1))).view(blocks, 2, width >> 1)[:, 1]
-            slots.append(torch.add(lb_right, row_start))
-            inside = left_below
+            # row `block`, column left_below of the (blocks, half + 1) prefix sums of :meth:`sums`: block * (h + 1)
+            rows_start = torch.bitwise_right_shift(position[:size], shift + 1, out=row_start[:size]).add_(h_start)
+            torch.add(lb_right, rows_start.view(blocks, 2, half)[:, 1], out=slots[level].view(rows, blocks, half))
             lb_right.neg_().add_(inside_right)  # right halves continue with c - left_below, left ones with it
+            slots[level] = slots[level].view(rows, blocks, half)
         return DominancePlan(count[:, :num].long(), slots)
 
     def sums(self, plan: DominancePlan, weights: Tensor) -> Tensor:
@@ -175,12 +199,15 @@ class DominanceTree:
         rows, num = plan.counts.shape
         out = weights.new_zeros(rows, self.blocks(0) << self.bits)
         source = torch.cat([weights, weights.new_zeros(1)])  # position `num` weighs nothing
+        # reused level by level: the prefix-sum table and the values read from it
+        table_buffer = weights.new_empty(max((p.numel() + p.shape[0] for p in self._left_points), default=0))
+        values_buffer = weights.new_empty(max((s.numel() for s in plan.slots), default=0))
         for left_points, slots in zip(self._left_points, plan.slots):
             blocks, half = left_points.shape
             # exclusive prefix sums of every block's left-half weights in rank order, a zero column first
-            table = weights.new_empty(blocks, half + 1)
+            table = table_buffer[:blocks * (half + 1)].view(blocks, half + 1)
             table[:, 0] = 0
             torch.cumsum(source.index_select(0, left_points.view(-1)).view(blocks, half), 1, out=table[:, 1:])
-            right = out.narrow(1, 0, blocks * 2 * half).view(rows, blocks, 2, half)[:, :, 1]
-            right += table.view(-1).index_select(0, slots.view(-1)).view(slots.shape)
+            values = torch.index_select(table.view(-1), 0, slots.view(-1), out=values_buffer[:slots.numel()])
+            out.narrow(1, 0, blocks * 2 * half).view(rows, blocks, 2, half)[:, :, 1] += values.view(slots.shape)
         return out[:, :num]

@@ -219,7 +219,7 @@ def aggregate_intervals(logits: Tensor, negative: Tensor, breaks: Tensor, thresh
     cannot happen). Empty intervals get weight zero and a key on their lower end so the keys stay sorted. Every
     logit is located among the threshold and the break points at once (no mask of relevant negatives, no
     ``nonzero``): logits below the threshold and logits that are not negatives go to a sink slot that every table
-    maps to zero. Sizes and sums are accumulated in float64.
+    maps to zero.
 
     Args:
         logits (Tensor): All logits (M,).
@@ -234,9 +234,10 @@ def aggregate_intervals(logits: Tensor, negative: Tensor, breaks: Tensor, thresh
     num = breaks.numel() + 1
     edges = torch.cat([threshold.reshape(1).to(breaks), breaks])
     slot = SortedIndex(edges).count(logits, right=True, out_int32=True)  # 0 below the threshold
-    slot = torch.where(negative, slot, 0)
+    slot.mul_(negative)
     sizes = torch.bincount(slot, minlength=num + 1)[1:].to(acc)
-    sums = torch.bincount(slot, weights=logits.to(acc), minlength=num + 1)[1:]
+    # sums accumulate in the logits' dtype, one interval at a time in logit order (as index_add would)
+    sums = torch.bincount(slot, weights=logits, minlength=num + 1)[1:].to(acc)
     lower = edges.to(acc)
     # largest value of the dtype strictly below the next break point
     upper = torch.nextafter(torch.cat([breaks, breaks.new_full((1,), float('inf'))]),

@@ -104,7 +104,7 @@ class SortedIndex:
         self._padded = torch.cat([breaks, breaks.new_full((1,), float('inf'))])
 
     def _cell(self, x: Tensor) -> Tensor:
-        # the same operations for break points and values: the cell function must be the same monotone function
+        # the same operations for break points and values (count): the cell function must be one monotone function
         return torch.sub(x, self._lo).mul_(self._scale).clamp_(0, self._cells - 1).to(torch.int32)
 
     def count(self, values: Tensor, right: bool = True, out_int32: bool = False) -> Tensor:
@@ -123,14 +123,19 @@ class SortedIndex:
             return torch.searchsorted(breaks, values, right=right, out_int32=out_int32)
         if self._table is None:
             self._build(values.numel())
-        entry = self._table.index_select(0, self._cell(values))
-        count = entry >> _COUNT_BITS
+        # few large temporaries, reused in place (each fresh one can cost page faults on every call)
+        nxt = torch.sub(values, self._lo).mul_(self._scale).clamp_(0, self._cells - 1)
+        cell = nxt.to(torch.int32)
+        count = self._table.index_select(0, cell)  # the table entries, shifted below
+        cap = (1 << _COUNT_BITS) - 1
+        unresolved = torch.nonzero(torch.bitwise_and(count, cap, out=cell) > GRID_REFINE_STEPS).squeeze(1)
+        count >>= _COUNT_BITS
+        step = torch.empty(values.shape, dtype=torch.bool, device=values.device)
+        compare = torch.le if right else torch.lt
         for _ in range(GRID_REFINE_STEPS):
             # a break point of a higher cell is larger than the value, so this never leaves the value's cell
-            nxt = self._padded.index_select(0, count)
-            count += (nxt <= values) if right else (nxt < values)
-        cap = (1 << _COUNT_BITS) - 1
-        unresolved = torch.nonzero((entry & cap) > GRID_REFINE_STEPS).squeeze(1)
+            compare(torch.index_select(self._padded, 0, count, out=nxt), values, out=step)
+            count += step
         if unresolved.numel():
             count.index_put_((unresolved,), torch.searchsorted(breaks, values.index_select(0, unresolved),
                                                                right=right).to(count.dtype))
