@@ -98,6 +98,9 @@ def test_benchmark_tiny_grid(tmp_path):
 
     raw = json.loads(out_json.read_text())
     assert len(raw['results']) == 2 * 2 * len(LOSS_ROWS)
+    # --malloc keep (the default): the worker kept freed memory through glibc's mallopt, and says so
+    assert raw['info']['malloc'].startswith('freed memory kept in the process (glibc M_TRIM_THRESHOLD 1024 MiB')
+    assert f'memory allocator: {raw["info"]["malloc"]}.' in markdown
     assert [(row['regime'], row['ratio']) for row in raw['target']] == [
         ('early', 0.005), ('early', 0.02), ('trained', 0.005), ('trained', 0.02)]
     assert all(row['met'] and row['value'] == row['brs'] / row['focal'] for row in raw['target'])

@@ -252,10 +252,30 @@ def make_inputs(regime: str, size: int, ratio: float, seed: int):
     return logits, targets, is_pos.float()
 
 
+#: glibc ``mallopt`` parameters and values of ``--malloc keep``: freed memory stays in the process (trimmed only by
+#: the memory probe's explicit ``malloc_trim``), blocks up to 32 MiB come from the heap instead of fresh mappings.
+_MALLOC_KEEP = {'M_TRIM_THRESHOLD': (-1, 1 << 30), 'M_MMAP_THRESHOLD': (-3, 1 << 25)}
+
+
+def _keep_freed_memory() -> str:
+    """Ask glibc to keep freed memory (``--malloc keep``); returns a description, or why it could not."""
+    import ctypes
+    import ctypes.util
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return 'the C library default (no glibc mallopt)'
+    done = [name for name, (param, value) in _MALLOC_KEEP.items() if mallopt(param, value) == 1]
+    return ('freed memory kept in the process (glibc ' + ', '.join(f'{n} {_MALLOC_KEEP[n][1] >> 20} MiB'
+                                                                     for n in done) + ')') if done else 'glibc default'
+
+
 class _Runner:
     """Builds the losses and runs cells inside the worker process."""
 
-    def __init__(self, device: str, threads: Optional[int]) -> None:
+    def __init__(self, device: str, threads: Optional[int], malloc: str = 'keep') -> None:
+        self.malloc = _keep_freed_memory() if malloc == 'keep' else 'glibc default'
         import torch
         import brs_detr  # noqa: F401  (registers the losses in mmdet's MODELS)
         from mmdet.registry import MODELS
@@ -278,7 +298,7 @@ class _Runner:
     def info(self) -> dict:
         torch = self.torch
         info = dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(self.device),
-                    memory_method=type(self.probe).__name__)
+                    memory_method=type(self.probe).__name__, malloc=self.malloc)
         if self.device.type == 'cuda':
             info['device_name'] = torch.cuda.get_device_name(self.device)
         return info
@@ -357,10 +377,10 @@ class _Runner:
         return result
 
 
-def _worker_main(conn, device: str, threads: Optional[int]) -> None:
+def _worker_main(conn, device: str, threads: Optional[int], malloc: str) -> None:
     """Worker process: receives cells, sends ``('start')``, ``('first', ms)`` and ``('done', result)``."""
     try:
-        runner = _Runner(device, threads)
+        runner = _Runner(device, threads, malloc)
     except Exception as exc:  # reported to the parent, which raises it
         conn.send(('error', f'{type(exc).__name__}: {exc}'))
         return
@@ -385,8 +405,8 @@ def _worker_main(conn, device: str, threads: Optional[int]) -> None:
 class _Worker:
     """A worker process that can be killed and replaced when a cell runs over its budget."""
 
-    def __init__(self, device: str, threads: Optional[int]) -> None:
-        self._device, self._threads = device, threads
+    def __init__(self, device: str, threads: Optional[int], malloc: str) -> None:
+        self._device, self._threads, self._malloc = device, threads, malloc
         self._proc = None
         self.info: dict = {}
 
@@ -395,7 +415,8 @@ class _Worker:
             return
         ctx = mp.get_context('spawn')
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child, self._device, self._threads), daemon=True)
+        self._proc = ctx.Process(target=_worker_main, args=(child, self._device, self._threads, self._malloc),
+                                 daemon=True)
         self._proc.start()
         child.close()
         kind, payload = self._recv(SETUP_GRACE_S, 'starting the worker')
@@ -470,7 +491,7 @@ def _dominates(smaller: CellResult, size: int, ratio: float) -> bool:
 
 def run_grid(args) -> Tuple[List[CellResult], dict]:
     """Run every requested cell; returns the results and the worker's environment description."""
-    worker = _Worker(args.device, args.threads)
+    worker = _Worker(args.device, args.threads, args.malloc)
     results: List[CellResult] = []
     over: Dict[Tuple[str, str], List[CellResult]] = {}
     cells = [(r, s, m, k) for r in args.regimes for s in sorted(args.sizes) for m in sorted(args.ratios)
@@ -636,7 +657,7 @@ def render_markdown(results: Sequence[CellResult], args, info: dict, started: st
         f'* Started {started}; device `{info.get("device", args.device)}` ({device}); torch {info.get("torch")}, '
         f'{threads} thread{"" if threads == 1 else "s"}; {os.cpu_count()} logical CPUs; 1-minute load average '
         f'before the cells {_load_text(results)} (the run itself accounts for about {threads}; more means other '
-        f'processes shared the machine).',
+        f'processes shared the machine); memory allocator: {info.get("malloc", "unknown")}.',
         f'* Forward + backward of one call, {_metric_text(args.metric)} (ms): median of up to {args.repeats} '
         f'timed calls after one warm-up call, repeats limited to {args.repeat_seconds:g} s per cell (`†`: no '
         f'repeat fitted, the warm-up call is reported). A first call still running after {args.max_seconds:g} s '
@@ -827,6 +848,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help="what the tables report: 'wall' clock time, or the worker's 'cpu' time (all threads; "
                              "robust on a shared machine when used with --threads 1)")
     parser.add_argument('--seed', type=int, default=0, help='base seed of the inputs')
+    parser.add_argument('--malloc', choices=['keep', 'default'], default='keep',
+                        help="'keep': the worker asks glibc to keep freed memory, so that a call does not fault in "
+                             "again what the previous call's frees returned to the system (up to 12K page faults per "
+                             "call otherwise, depending on the heap's state); 'default': glibc's own trimming")
     parser.add_argument('--target-ratio', type=_positive_float, default=3.0,
                         help='the target: BRS forward + backward at most this many times the focal loss')
     parser.add_argument('--target-sizes', nargs='+', type=_positive_int, default=[1_000_000],
