@@ -14,7 +14,7 @@ checksum. :func:`install` (run on ``import brs_detr``) replaces mmengine's loade
   ``open-mmlab://`` and ``mmcls://`` reach it too (they call mmengine's module-level
   ``load_from_http``, which is rebound).
 * ``torchvision://NAME`` / ``modelzoo://NAME``: mapped to torchvision's ImageNet URLs without
-  importing torchvision (not installable next to the CPU torch here), then the http path.
+  importing torchvision (the verified http path then applies to them as to any URL).
 * mmengine's ``'local'`` file backend becomes :class:`~brs_detr.utils.atomic_io.AtomicLocalBackend`,
   so ``Runner.save_checkpoint`` writes ``epoch_N.pth`` atomically and records it as trusted.
 """
