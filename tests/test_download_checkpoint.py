@@ -14,6 +14,7 @@ import io
 import json
 import os
 import os.path as osp
+import re
 import socket
 import subprocess
 import sys
@@ -31,8 +32,8 @@ from torch import nn
 import brs_detr  # noqa: F401  (installs the loaders)
 from brs_detr.utils import download, known_hashes, trust
 from brs_detr.utils.checkpoint import UntrustedCheckpointError
-from brs_detr.utils.model_zoo import (DEFAULT_INDEX, README_TABLE_BEGIN, README_TABLE_END, load_index,
-                                      markdown_table)
+from brs_detr.utils.model_zoo import (DEFAULT_INDEX, README_TABLE_BEGIN, README_TABLE_END, load_index, markdown_table,
+                                      readme_link_prefix)
 from conftest import load_tool_module
 from mmengine.runner import CheckpointLoader
 
@@ -477,11 +478,17 @@ def test_list_table_shows_what_is_downloaded(tmp_path, capsys):
     assert 'box 40.0, mask 36.4' in rows['rs-mask-rcnn_r50_fpn_12e_coco_rs-paper']
 
 
-def test_readme_table_is_generated_from_the_index():
-    readme = open(osp.join(REPO_ROOT, 'checkpoints', 'README.md'), encoding='utf-8').read()
-    block = readme[readme.index(README_TABLE_BEGIN) + len(README_TABLE_BEGIN):readme.index(README_TABLE_END)]
-    assert block.strip() == markdown_table(load_index()).strip(), (
-        'checkpoints/README.md is out of date: run python tools/download_checkpoint.py --update-readme')
+@pytest.mark.parametrize('readme', ['README.md', 'checkpoints/README.md'])
+def test_readme_table_is_generated_from_the_index(readme):
+    """Both READMEs show the zoo table generated from the index, with config links relative to their folder."""
+    text = open(osp.join(REPO_ROOT, readme), encoding='utf-8').read()
+    block = text[text.index(README_TABLE_BEGIN) + len(README_TABLE_BEGIN):text.index(README_TABLE_END)]
+    prefix = readme_link_prefix(osp.join(REPO_ROOT, readme), REPO_ROOT)
+    assert prefix == ('' if readme == 'README.md' else '../')
+    assert block.strip() == markdown_table(load_index(), prefix).strip(), (
+        f'{readme} is out of date: run python tools/download_checkpoint.py --update-readme')
+    for link in re.findall(r'\]\(([^)]+\.py)\)', block):  # every config link resolves from the README's folder
+        assert osp.isfile(osp.join(REPO_ROOT, osp.dirname(readme), link)), link
 
 
 def test_update_readme_rewrites_only_the_table(tmp_path):
@@ -490,7 +497,7 @@ def test_update_readme_rewrites_only_the_table(tmp_path):
     assert tool.main(['--update-readme', str(readme)]) == 0
     text = readme.read_text()
     assert text.startswith('intro\n') and text.endswith(f'{README_TABLE_END}\nrest\n') and 'old table' not in text
-    assert markdown_table(load_index()) in text
+    assert markdown_table(load_index(), readme_link_prefix(str(readme), REPO_ROOT)) in text
 
 
 def test_http_loader_trusts_only_verified_downloads(server, tmp_path):

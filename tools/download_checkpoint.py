@@ -6,7 +6,7 @@ Usage::
     python tools/download_checkpoint.py NAME [NAME ...] [--dest checkpoints/] [--index checkpoints/model_zoo.json]
                                         [--url URL] [--sha256 HEX] [--force] [--no-convert] [--quiet]
                                         [--retries N] [--retry-wait S] [--timeout S]
-    python tools/download_checkpoint.py --update-readme [checkpoints/README.md]
+    python tools/download_checkpoint.py --update-readme [README ...]   (default: README.md and checkpoints/README.md)
     python tools/download_checkpoint.py --trust-file PATH [PATH ...] [--sha256 HEX]
 
 For a detector ``NAME`` this leaves ``DEST/NAME.pth``, ready for ``python tools/test.py CONFIG DEST/NAME.pth``
@@ -27,13 +27,15 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from 
 from brs_detr.utils import known_hashes  # noqa: E402
 from brs_detr.utils.download import DownloadError  # noqa: E402
 from brs_detr.utils.model_zoo import (DEFAULT_INDEX, ModelZooError, format_table, get_entry, load_index,  # noqa: E402
-                                      markdown_table, replace_readme_table, table_rows)
+                                      markdown_table, readme_link_prefix, replace_readme_table, table_rows)
 from brs_detr.utils.atomic_io import atomic_write_text  # noqa: E402
 from brs_detr.utils.trust import manifest_path, record_trusted_file  # noqa: E402
 from brs_detr.zoo import InstallOptions, ZooInstallError, install_entry  # noqa: E402
 
 DEFAULT_DEST = osp.join(osp.dirname(DEFAULT_INDEX))
-DEFAULT_README = osp.join(DEFAULT_DEST, 'README.md')
+REPO_ROOT = osp.dirname(DEFAULT_DEST)
+#: The READMEs that show the generated zoo table between their markers.
+DEFAULT_READMES = [osp.join(REPO_ROOT, 'README.md'), osp.join(DEFAULT_DEST, 'README.md')]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,8 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('names', nargs='*', metavar='NAME', help='model-zoo entry name(s); see --list')
     parser.add_argument('--list', action='store_true', help='print the zoo as a table and exit')
     parser.add_argument('--markdown', action='store_true', help='with --list: a Markdown table (checkpoints/README.md)')
-    parser.add_argument('--update-readme', nargs='?', const=DEFAULT_README, metavar='README',
-                        help='rewrite the generated zoo table in README (default: %(const)s)')
+    parser.add_argument('--update-readme', nargs='*', metavar='README',
+                        help='rewrite the generated zoo table in each README (default: README.md and '
+                        'checkpoints/README.md)')
     parser.add_argument('--dest', default=DEFAULT_DEST, help='directory of detector checkpoints (default: %(default)s)')
     parser.add_argument('--index', default=DEFAULT_INDEX, help='model-zoo index JSON (default: %(default)s)')
     parser.add_argument('--url', '--url-override', dest='url', metavar='URL',
@@ -100,11 +103,13 @@ def main(argv=None) -> int:
         if args.list:
             print(list_zoo(index, args.dest, args.markdown))
             return 0
-        if args.update_readme:
-            with open(args.update_readme, encoding='utf-8') as file:
-                text = file.read()
-            atomic_write_text(replace_readme_table(text, markdown_table(index)), args.update_readme)
-            print(f'updated the model-zoo table in {args.update_readme}')
+        if args.update_readme is not None:
+            for readme in args.update_readme or DEFAULT_READMES:
+                with open(readme, encoding='utf-8') as file:
+                    text = file.read()
+                table = markdown_table(index, readme_link_prefix(readme, REPO_ROOT))
+                atomic_write_text(replace_readme_table(text, table), readme)
+                print(f'updated the model-zoo table in {readme}')
             return 0
         entries = [get_entry(name, index) for name in args.names]  # unknown names fail before any download
         options = InstallOptions(dest=args.dest, url=args.url, sha256=args.sha256, force=args.force,

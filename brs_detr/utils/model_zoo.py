@@ -297,8 +297,14 @@ def _markdown_link(text: str, url: Optional[str]) -> str:
     return f'[{text}]({url})' if url else text
 
 
-def markdown_table(index: Dict[str, dict]) -> str:
-    """The zoo as a Markdown table (what checkpoints/README.md shows between its markers)."""
+def markdown_table(index: Dict[str, dict], link_prefix: str = '../') -> str:
+    """The zoo as a Markdown table (what checkpoints/README.md and the top README show between their markers).
+
+    Args:
+        index (dict): The zoo index, name -> entry.
+        link_prefix (str): Path from the README's folder to the repository root, prepended to the config links
+            (``'../'`` for checkpoints/README.md, ``''`` for the top-level README).
+    """
     lines = ['| name | config | dataset | box AP | mask AP | starts from | checkpoint | source |',
              '| :--- | :--- | :--- | :---: | :---: | :--- | :--- | :--- |']
     for entry in index.values():
@@ -310,13 +316,19 @@ def markdown_table(index: Dict[str, dict]) -> str:
             where = _markdown_link('manual download', entry['manual_url'])
         else:
             where = 'not released'
-        config = f'[{osp.basename(entry["config"])}](../{entry["config"]})' if entry.get('config') else '-'
+        config = f'[{osp.basename(entry["config"])}]({link_prefix}{entry["config"]})' if entry.get('config') else '-'
         ap = [f'{entry[field]:.1f}' if entry.get(field) is not None else '-' for field in ('box_ap', 'mask_ap')]
         starts_from = f'`{entry["starts_from"]}`' if entry.get('starts_from') else '-'
         source = _markdown_link(entry.get('source') or '-', entry.get('source_url'))
         lines.append(f'| `{entry["name"]}` | {config} | {entry.get("dataset") or "-"} | {ap[0]} | {ap[1]} | '
                      f'{starts_from} | {where} | {source} |')
     return '\n'.join(lines)
+
+
+def readme_link_prefix(readme_path: str, repo_root: str) -> str:
+    """The ``link_prefix`` of :func:`markdown_table` for a README at ``readme_path`` in the repository at ``repo_root``."""
+    relative = osp.relpath(osp.abspath(repo_root), osp.dirname(osp.abspath(readme_path))).replace(os.sep, '/')
+    return '' if relative == '.' else relative + '/'
 
 
 def replace_readme_table(readme_text: str, table: str) -> str:
