@@ -1,27 +1,12 @@
-"""Generate a small, deterministic COCO-format detection dataset of coloured shapes.
+"""Generate a small, deterministic COCO-format detection dataset of coloured shapes (exact boxes and masks).
 
-Every image holds a few large, high-contrast filled shapes (rectangles, ellipses, triangles) on a noisy grey
-background. Each class is one (shape, colour) pair, so a tiny detector learns it in a few hundred iterations.
-Boxes are the exact tight boxes of the drawn pixels (shapes never touch), areas are the drawn pixel counts, and
-each annotation's ``segmentation`` is the exact mask of its drawn pixels (COCO compressed RLE), so the set also
-serves instance segmentation (Mask R-CNN).
-
-Layout written under OUT_DIR (the default data root of ``configs/_base_/datasets/toy_coco_detection.py``)::
-
-    OUT_DIR/
-        annotations/instances_train.json
-        annotations/instances_val.json
-        train/000001.png ...
-        val/000001.png ...
-
-The whole dataset is generated in a temporary directory next to OUT_DIR and renamed into place, so OUT_DIR is either
-absent or complete. Same arguments give byte-identical files.
+Writes ``OUT_DIR/annotations/instances_{train,val}.json`` and ``OUT_DIR/{train,val}/000001.png ...`` (OUT_DIR is
+either absent or complete; same arguments give byte-identical files). What the images hold and how: see
+:mod:`brs_detr.utils.toy_coco`, which does the work; this file parses the arguments.
 
 Example::
 
     python tools/make_toy_coco.py data/toy_coco --num-train 200 --num-val 50
-
-The generator lives in :mod:`brs_detr.utils.toy_coco`; this file parses the arguments.
 """
 import argparse
 import sys
