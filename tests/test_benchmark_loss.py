@@ -1,4 +1,5 @@
-"""tools/benchmark_loss.py end to end, as a user runs it, on a tiny grid."""
+"""tools/benchmark_loss.py end to end, as a user runs it, on a tiny grid; its target verdict and memory probe
+(brs_detr.utils.loss_benchmark*) directly."""
 import itertools
 import json
 import os
@@ -11,6 +12,8 @@ import zlib
 
 import pytest
 from conftest import load_tool_module
+
+from brs_detr.utils.loss_benchmark import CellResult, render_target, target_cells
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'benchmark_loss.py')
@@ -130,35 +133,35 @@ def test_benchmark_budget_kills_slow_cell_and_skips_larger(tmp_path):
     assert status == ['ok', 'over_budget', 'skipped']
 
 
-def _cell(bench, loss, regime, ratio, cpu_ms, status='ok'):
+def _cell(loss, regime, ratio, cpu_ms, status='ok'):
     median = statistics.median(cpu_ms) if cpu_ms else None
-    return bench.CellResult(regime, 1_000_000, ratio, loss, 10, status=status, median_cpu_ms=median, median_ms=1.0,
-                            cpu_ms=cpu_ms, times_ms=[1.0] * len(cpu_ms))
+    return CellResult(regime, 1_000_000, ratio, loss, 10, status=status, median_cpu_ms=median, median_ms=1.0,
+                      cpu_ms=cpu_ms, times_ms=[1.0] * len(cpu_ms))
 
 
 def test_benchmark_target_verdict():
     """The target rows and the verdict from the reported (median) times; cells that did not finish fail it."""
-    bench = load_tool_module('benchmark_loss')
-    args = bench.parse_args(['--sizes', '1000000', '--ratios', '0.01', '0.05', '--losses', 'focal', 'brs',
-                             '--metric', 'cpu', '--regimes', 'early'])
-    results = [_cell(bench, 'focal', 'early', 0.01, [20.0, 21.0, 30.0]),
-               _cell(bench, 'brs', 'early', 0.01, [40.0, 50.0, 61.0]),  # median 50 / 21 = 2.38
-               _cell(bench, 'focal', 'early', 0.05, [20.0, 20.0, 20.0]),
-               _cell(bench, 'brs', 'early', 0.05, [59.0, 61.0, 70.0])]  # 3.05
-    rows = bench.target_cells(results, args)
+    tool = load_tool_module('benchmark_loss')  # the tool's own defaults (--target-ratio 3, ...)
+    args = tool.parse_args(['--sizes', '1000000', '--ratios', '0.01', '0.05', '--losses', 'focal', 'brs',
+                            '--metric', 'cpu', '--regimes', 'early'])
+    results = [_cell('focal', 'early', 0.01, [20.0, 21.0, 30.0]),
+               _cell('brs', 'early', 0.01, [40.0, 50.0, 61.0]),  # median 50 / 21 = 2.38
+               _cell('focal', 'early', 0.05, [20.0, 20.0, 20.0]),
+               _cell('brs', 'early', 0.05, [59.0, 61.0, 70.0])]  # 3.05
+    rows = target_cells(results, args)
     assert [round(row['value'], 2) for row in rows] == [2.38, 3.05]
     assert [round(row['fastest'], 2) for row in rows] == [2.0, 2.95]
     assert [row['met'] for row in rows] == [True, False]
-    text = '\n'.join(bench.render_target(results, args))
+    text = '\n'.join(render_target(results, args))
     assert '**Target not met** in 1 of 2 cells; largest ratio 3.05 (early, m = 5%).' in text
     assert '| early | 1M | 5% | 20.0 | 61.0 | 3.05 | 2.95 | **no** |' in text
     args.target_ratio = 3.1
-    assert '**Target met** in all 2 cells' in '\n'.join(bench.render_target(results, args))
-    results[3] = _cell(bench, 'brs', 'early', 0.05, [], status='over_budget')
-    rows = bench.target_cells(results, args)
+    assert '**Target met** in all 2 cells' in '\n'.join(render_target(results, args))
+    results[3] = _cell('brs', 'early', 0.05, [], status='over_budget')
+    rows = target_cells(results, args)
     assert rows[1]['value'] is None and not rows[1]['met']
     args.target_sizes = [10_000]  # no cell at the target size: no section
-    assert bench.render_target(results, args) == []
+    assert render_target(results, args) == []
 
 
 def test_benchmark_rejects_bad_arguments(tmp_path):
@@ -174,11 +177,8 @@ def test_benchmark_rejects_bad_arguments(tmp_path):
 def test_cpu_memory_probe_measures_a_known_allocation():
     """The CPU probe sees torch allocations (tracemalloc does not), also after a larger earlier peak."""
     import torch
-    sys.path.insert(0, os.path.join(ROOT, 'tools'))
-    try:
-        from benchmark_loss import _CpuMemoryProbe
-    finally:
-        sys.path.pop(0)
+
+    from brs_detr.utils.loss_benchmark_worker import _CpuMemoryProbe
     probe = _CpuMemoryProbe()
     assert probe.available
     earlier = torch.ones(96 * 2 ** 18)  # 96 MiB peak before the measured call
