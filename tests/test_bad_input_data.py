@@ -50,12 +50,18 @@ def _policy(**fields):
 
 @pytest.fixture
 def warnings_logged(caplog):
-    """The warnings the check logs (mmengine's logger does not propagate to the root logger: attach caplog)."""
+    """The warnings the check logs (mmengine's logger does not propagate to the root logger: attach caplog).
+
+    Other test modules silence the current MMLogger at import time (level ERROR); warnings must pass here.
+    """
     logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
     logger.addHandler(caplog.handler)
     caplog.set_level(logging.WARNING)
     yield caplog
     logger.removeHandler(caplog.handler)
+    logger.setLevel(level)
 
 
 def test_toy_set_passes(toy):
