@@ -11,6 +11,11 @@ from typing import Callable, Dict
 
 import pytest
 
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    # Under pytest-xdist (the README runs `-n 2`) every worker is one process of its own: one intra-op thread each,
+    # so that two workers on two cores do not oversubscribe them. Set before any test module imports torch.
+    os.environ.setdefault('OMP_NUM_THREADS', '1')
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TOOLS_DIR = REPO_ROOT / 'tools'
 CONFIGS_DIR = REPO_ROOT / 'configs'
