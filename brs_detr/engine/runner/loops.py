@@ -1,7 +1,6 @@
 """An epoch-based training loop whose resumed runs reproduce uninterrupted ones."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import random
 from typing import Iterator, Optional, Sized
@@ -15,10 +14,11 @@ from torch.utils.data import DataLoader
 
 from mmdet.registry import LOOPS
 
+from .sample_seeding import (SeededBatchSampler, can_seed_samples, derived_seed, rebuild_dataloader,
+                             seed_global_generators, with_sample_seeds)
+
 #: Message-hub key under which the data sampler's seed travels in checkpoints (``message_hub`` is resumed).
 SAMPLER_SEED_KEY = 'sampler_seed'
-#: Size of the per-iteration seeds (NumPy accepts at most 32 bits).
-SEED_BYTES = 4
 
 
 class SkipFirstBatches:
@@ -44,42 +44,11 @@ class SkipFirstBatches:
 def remaining_batches(dataloader: DataLoader, num_skip: int) -> DataLoader:
     """A one-off DataLoader over the batches of ``dataloader`` after the first ``num_skip`` of this epoch.
 
-    It shares the dataset, sampler (and so the epoch's order), collate function and worker settings.
+    It shares the dataset, sampler (and so the epoch's order), collate function and worker settings; its workers
+    end with it.
     """
-    kwargs = dict(
-        batch_sampler=SkipFirstBatches(dataloader.batch_sampler, num_skip),
-        num_workers=dataloader.num_workers,
-        collate_fn=dataloader.collate_fn,
-        pin_memory=dataloader.pin_memory,
-        timeout=dataloader.timeout,
-        worker_init_fn=dataloader.worker_init_fn,
-        multiprocessing_context=dataloader.multiprocessing_context,
-        generator=dataloader.generator,
-        pin_memory_device=dataloader.pin_memory_device)
-    if dataloader.num_workers > 0:
-        kwargs['prefetch_factor'] = dataloader.prefetch_factor
-    return DataLoader(dataloader.dataset, **kwargs)
-
-
-def iteration_seed(seed: int, iteration: int, rank: Optional[int]) -> int:
-    """A 32-bit seed derived from the run's seed, the iteration and (optionally) the rank (a hash: neighbouring
-    iterations get unrelated seeds)."""
-    text = f'{seed}/{iteration}' + ('' if rank is None else f'/{rank}')
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=SEED_BYTES).digest(), 'little')
-
-
-def seed_global_generators(seed: int) -> None:
-    """Seed Python's, NumPy's and torch's global generators (CPU, and CUDA once initialised).
-
-    ``torch.manual_seed`` also polls every other accelerator type, which costs about 0.25 ms a call on CPU; here
-    the CPU generator is seeded directly and CUDA's only when it is in use. Other accelerators (NPU, MLU, MPS)
-    go through ``torch.manual_seed``.
-    """
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.default_generator.manual_seed(seed)
-    if torch.cuda.is_initialized():
-        torch.cuda.manual_seed_all(seed)
+    return rebuild_dataloader(dataloader, dataloader.dataset, SkipFirstBatches(dataloader.batch_sampler, num_skip),
+                              persistent_workers=False)
 
 
 @LOOPS.register_module()
@@ -87,28 +56,36 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
     """mmengine's :class:`~mmengine.runner.EpochBasedTrainLoop` whose resumed runs continue exactly where the
     interrupted run stopped, with the same data and random numbers.
 
-    Same arguments as the parent, plus ``seed_each_iter``. What changed, and why:
+    Same arguments as the parent, plus ``seed_each_iter`` and ``seed_each_sample``. What changed, and why:
 
     * Resuming from a checkpoint saved in the middle of an epoch (``CheckpointHook(by_epoch=False)``) continues
       that epoch after the batches already trained. mmengine restarts the epoch from its first batch, so the resumed
       run trains those batches twice and ends with more iterations than an uninterrupted one. The batches are skipped
       at the batch-sampler level: only their indices are drawn, no image is loaded.
-    * ``seed_each_iter=True``: Python's, NumPy's and torch's global generators are re-seeded right before the batch
-      of every iteration is fetched, from (the run's seed, the iteration[, the rank when
-      ``randomness.diff_rank_seed``]). Data augmentation in the main process and random choices in the model then
-      depend only on the iteration, not on how the run got there: a run resumed at iteration k draws the same
-      numbers as an uninterrupted run (mmengine's resume restores the seed but not the generators' states).
-      Augmentation inside DataLoader workers (``num_workers > 0``) is seeded per worker by mmengine and is not
-      covered: with workers, a resumed run sees the same batches but other random augmentations.
+    * ``seed_each_sample=True``: the random data augmentation of sample ``i`` in epoch ``e`` is drawn from
+      generators seeded by (the run's seed, ``e``, ``i``), in the main process or in a DataLoader worker alike
+      (:mod:`~brs_detr.engine.runner.sample_seeding`). mmengine seeds each worker once, so the augmentations depend
+      on the number of workers and restart from the workers' initial seeds after a resume. With it, runs with 0, 2
+      or 8 workers, persistent or not, resumed or not, augment every sample alike. Applies to a torch DataLoader over
+      a map-style dataset with a batch sampler (what mmengine builds from a config); others keep mmengine's
+      seeding.
+    * ``seed_each_iter=True``: Python's, NumPy's and torch's global generators are re-seeded at every iteration from
+      (the run's seed, the iteration[, the rank when ``randomness.diff_rank_seed``]), after the batch is fetched
+      (before, when the samples are not seeded one by one). Random choices in the model then depend only on the
+      iteration, not on how the run got there: a run resumed at iteration k draws the same numbers as an
+      uninterrupted run (mmengine's resume restores the seed but not the generators' states).
     * The data sampler's seed is stored in the message hub (saved in every checkpoint, restored on resume): with
       ``randomness.seed=None`` mmengine draws a new one at every start, so a resumed run would shuffle differently.
     """
 
     def __init__(self, runner, dataloader, max_epochs: int, val_begin: int = 1, val_interval: int = 1,
-                 dynamic_intervals=None, seed_each_iter: bool = True) -> None:
+                 dynamic_intervals=None, seed_each_iter: bool = True, seed_each_sample: bool = True) -> None:
         super().__init__(runner, dataloader, max_epochs, val_begin=val_begin, val_interval=val_interval,
                          dynamic_intervals=dynamic_intervals)
         self.seed_each_iter = seed_each_iter
+        self._seeded_batches: Optional[SeededBatchSampler] = None
+        if seed_each_sample and can_seed_samples(self.dataloader):
+            self.dataloader, self._seeded_batches = with_sample_seeds(self.dataloader)
         from mmengine.device import get_device
         self._seed_all_devices = get_device() not in ('cpu', 'cuda')
 
@@ -138,7 +115,7 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
             return
         randomness = getattr(self.runner, '_randomness_cfg', {}) or {}
         rank = get_rank() if randomness.get('diff_rank_seed', False) else None
-        seed = iteration_seed(self.runner.seed, self._iter, rank)
+        seed = derived_seed(self.runner.seed, self._iter, rank)
         if self._seed_all_devices:
             random.seed(seed)
             np.random.seed(seed)
@@ -159,9 +136,12 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         return done
 
     def run_epoch(self) -> None:
-        """Iterate over the rest of the epoch, re-seeding before each batch is fetched."""
+        """Iterate over the rest of the epoch, seeding the samples' augmentations and every iteration."""
         self.runner.call_hook('before_train_epoch')
         self.runner.model.train()
+        seeded_samples = self._seeded_batches is not None
+        if seeded_samples:
+            self._seeded_batches.set_epoch(self._epoch, self.runner.seed)
         start = self._batches_done_in_epoch()
         loader = self.dataloader
         if start > 0:
@@ -171,10 +151,13 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
         batches = iter(loader)
         idx = start
         while True:
-            self._seed_iteration()
+            if not seeded_samples:
+                self._seed_iteration()
             data_batch = next(batches, None)
             if data_batch is None:
                 break
+            if seeded_samples:
+                self._seed_iteration()
             self.run_iter(idx, data_batch)
             idx += 1
         self.runner.call_hook('after_train_epoch')
