@@ -34,7 +34,7 @@ train_cfg = dict(max_epochs={epochs}, val_interval={epochs} + 1)
 val_cfg = None
 val_dataloader = None
 val_evaluator = None
-train_dataloader = dict(batch_size={batch_size})
+train_dataloader = dict(batch_size={batch_size}, num_workers={num_workers}, persistent_workers={persistent})
 default_hooks = dict(logger=dict(interval=1),
                      checkpoint=dict(by_epoch={by_epoch}, interval={interval}, max_keep_ckpts=-1))
 log_processor = dict(window_size=1)
@@ -44,11 +44,13 @@ custom_hooks = [dict(type='FaultInjectionHook', {faults})]
 
 
 def write_fault_config(path: Path, epochs: int, interval: int, by_epoch: bool = False, batch_size: int = 2,
-                       seed: Optional[int] = 0, faults: str = '') -> Path:
+                       seed: Optional[int] = 0, faults: str = '', num_workers: int = 0) -> Path:
     """A config derived from the toy ATSS one: no validation, every iteration logged unsmoothed, checkpoints
-    every ``interval`` iterations (or epochs), and :class:`fault_injection.FaultInjectionHook` with ``faults``."""
+    every ``interval`` iterations (or epochs), :class:`fault_injection.FaultInjectionHook` with ``faults``, and
+    ``num_workers`` DataLoader workers (persistent when there are any)."""
     path.write_text(FAULT_CONFIG.format(base=str(TOY_CONFIG), epochs=epochs, interval=interval, by_epoch=by_epoch,
-                                        batch_size=batch_size, seed=seed, faults=faults))
+                                        batch_size=batch_size, seed=seed, faults=faults, num_workers=num_workers,
+                                        persistent=num_workers > 0))
     return path
 
 

@@ -50,14 +50,15 @@ def assert_same_training(reference_dir, resumed_dir, final_checkpoint: str, num_
 
 
 @pytest.mark.slow
-def test_kill_single_process_mid_epoch_then_resume(toy_coco_root, tmp_path, tool_env, python_exe):
-    """Killed (SIGKILL from outside) after the log of iteration 7, in epoch 2; checkpoints every 3 iterations.
+def test_kill_single_process_with_workers_mid_epoch_then_resume(toy_coco_root, tmp_path, tool_env, python_exe):
+    """Killed (SIGKILL from outside, with its 2 persistent DataLoader workers) after the log of iteration 7, in
+    epoch 2; checkpoints every 3 iterations. The random flips are drawn in the workers.
 
     The seed is not fixed in the config: mmengine draws one, the resume restores it (and the sampler's) from the
     checkpoint; the uninterrupted run gets the same seed explicitly.
     """
     cwd, env = toy_coco_root.parents[1], fault_env(tool_env)
-    config = write_fault_config(tmp_path / 'cfg.py', epochs=3, interval=3, seed=None)
+    config = write_fault_config(tmp_path / 'cfg.py', epochs=3, interval=3, seed=None, num_workers=2)
     killed_dir, reference_dir = tmp_path / 'killed', tmp_path / 'reference'
 
     status, output = run(train_command(config, killed_dir, python_exe), cwd, env,
@@ -158,20 +159,25 @@ class LossLog(Hook):
         self.losses[runner.iter + 1] = float(outputs['loss'])
 
 
-def reliable_runner(work_dir, seed, hooks, resume=False) -> Runner:
-    """A Runner configured as tools/train.py configures one (crash-safe hook, resumable loop, NaN guard)."""
+def reliable_runner(work_dir, seed, hooks, resume=False, num_workers=0) -> Runner:
+    """A Runner configured as tools/train.py configures one (crash-safe hook, resumable loop, NaN guard).
+
+    With ``num_workers > 0`` the workers are persistent (as in mmdet's configs) and forked.
+    """
     torch.manual_seed(0)  # the same initial weights in every run (a config's model would be built by the Runner)
     cfg = Config(dict(
         model=NoisyRegressor(),
         work_dir=str(work_dir),
         experiment_name=f'resume_{uuid.uuid4().hex}',
         train_dataloader=dict(dataset=NoisyPairs(), sampler=dict(type='DefaultSampler', shuffle=True),
-                              batch_size=BATCH_SIZE, num_workers=0, collate_fn=dict(type='default_collate')),
+                              batch_size=BATCH_SIZE, num_workers=num_workers, persistent_workers=num_workers > 0,
+                              collate_fn=dict(type='default_collate')),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05, momentum=0.9)),
         train_cfg=dict(by_epoch=True, max_epochs=3),
         default_hooks=dict(checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=3)),
         custom_hooks=hooks,
         randomness=dict(seed=seed),
+        env_cfg=dict(mp_cfg=dict(mp_start_method='fork')),
         resume=resume,
         default_scope='mmdet'))
     use_resumable_training(cfg)
@@ -179,21 +185,40 @@ def reliable_runner(work_dir, seed, hooks, resume=False) -> Runner:
     return ReliableRunner(**cfg.to_dict())  # not from_cfg: the config holds objects, which cannot be dumped
 
 
+@pytest.mark.parametrize('num_workers', [0, 2], ids=['no-workers', '2-workers'])
 @pytest.mark.parametrize('crash_at', [7, 9], ids=['mid-epoch', 'epoch-start'])
-def test_resume_in_process_matches_uninterrupted(tmp_path, crash_at):
-    """Crash before iteration 7 or 9; the last checkpoint is iter_6.pth (iteration 2 of epoch 2) both times."""
+def test_resume_in_process_matches_uninterrupted(tmp_path, crash_at, num_workers):
+    """Crash before iteration 7 or 9; the last checkpoint is iter_6.pth (iteration 2 of epoch 2) both times.
+
+    With 2 (persistent) workers the samples' random "augmentation" is drawn inside the workers, whose generators
+    mmengine seeds once per worker: only the per-sample seeds make the resumed run draw what the uninterrupted one did.
+    """
     crashed_log = LossLog()
-    crashed = reliable_runner(tmp_path / 'run', None, [Crash(crash_at), crashed_log])
+    crashed = reliable_runner(tmp_path / 'run', None, [Crash(crash_at), crashed_log], num_workers=num_workers)
     with pytest.raises(KeyboardInterrupt):
         crashed.train()
     resumed_log = LossLog()
-    resumed = reliable_runner(tmp_path / 'run', None, [resumed_log], resume=True)
+    resumed = reliable_runner(tmp_path / 'run', None, [resumed_log], resume=True, num_workers=num_workers)
     resumed.train()
     assert min(resumed_log.losses) == 7  # continued after iter_6.pth, the last checkpoint
     reference_log = LossLog()
-    reference = reliable_runner(tmp_path / 'reference', crashed.seed, [reference_log])
+    reference = reliable_runner(tmp_path / 'reference', crashed.seed, [reference_log], num_workers=num_workers)
     reference.train()
     assert resumed_log.losses == {i: reference_log.losses[i] for i in range(7, 13)}
     assert {i: crashed_log.losses[i] for i in range(1, 7)} == {i: reference_log.losses[i] for i in range(1, 7)}
     for key, value in reference.model.state_dict().items():
         assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_augmentation_does_not_depend_on_the_number_of_workers(tmp_path):
+    """The same seed trains to the same losses and weights with 0, 1 and 3 workers (3 workers share 4 batches an
+    epoch unevenly), so each sample's random augmentation is the same wherever it is drawn."""
+    logs, runners = {}, {}
+    for num_workers in (0, 1, 3):
+        logs[num_workers] = LossLog()
+        runners[num_workers] = reliable_runner(tmp_path / str(num_workers), 1234, [logs[num_workers]],
+                                               num_workers=num_workers)
+        runners[num_workers].train()
+    assert logs[0].losses == logs[1].losses == logs[3].losses
+    for key, value in runners[0].model.state_dict().items():
+        assert torch.equal(value, runners[3].model.state_dict()[key]), key
