@@ -12,6 +12,7 @@ import torch
 from mmengine.config import Config, ConfigDict
 
 from brs_detr.models.dense_heads import RankBasedPAAHead
+from mmdet.models.dense_heads import PAAHead
 from mmdet.models.losses import FocalLoss, GIoULoss
 from mmdet.registry import MODELS
 from conftest import CONFIGS_DIR, TOOLS_DIR
@@ -129,6 +130,35 @@ def test_paa_predict_scores_are_class_probabilities(score_voting):
         assert result.bboxes.shape == (num, 4) and ((result.labels >= 0) & (result.labels < NUM_CLASSES)).all()
         # no IoU factor and no square root: every score is one of the image's class probabilities
         assert torch.isclose(result.scores[:, None], probabilities[None, :]).any(dim=1).all()
+
+
+def test_gmm_of_nearly_equal_costs_does_not_end_training():
+    """30 candidate sets (one gt, 16 + 4 anchors on two levels) whose float32 costs differ by a few ulps, as early in
+    training. mmdet's PAAHead fits the GMM on the float32 costs, and scikit-learn fails ("ill-defined empirical
+    covariance") on some of them (7 of 30 here); RankBasedPAAHead fits it in float64 and reassigns every set."""
+    head = build_paa('BRS')
+    anchors = [torch.zeros(16, 4), torch.zeros(4, 4)]
+    num_candidates = 20
+    candidates = torch.arange(num_candidates)
+    gt_of_candidate = torch.zeros(num_candidates, dtype=torch.long)
+    labels = torch.zeros(num_candidates, dtype=torch.long)
+    label_weights, bbox_weights = torch.ones(num_candidates), torch.ones(num_candidates, 4)
+    generator = torch.Generator().manual_seed(0)
+    float32_failures = 0
+    for base in torch.linspace(1, 30, 30, dtype=torch.float64):
+        costs = (base * (1 + 3e-7 * torch.randn(num_candidates, generator=generator, dtype=torch.float64))).float()
+        args = (costs, labels, label_weights, bbox_weights, candidates, gt_of_candidate, anchors)
+        try:
+            PAAHead.paa_reassign(head, *args)
+        except ValueError as error:
+            assert 'ill-defined empirical covariance' in str(error)
+            float32_failures += 1
+        new_labels, new_label_weights, new_bbox_weights, num_pos = head.paa_reassign(*args)
+        kept = new_labels == 0
+        assert int(kept.sum()) == num_pos <= head.topk * len(anchors)
+        assert torch.equal(new_labels[~kept], torch.full_like(new_labels[~kept], NUM_CLASSES))
+        assert (new_bbox_weights[~kept] == 0).all() and (new_bbox_weights[kept] == 1).all()
+    assert float32_failures > 0, 'the float32 fit no longer fails: choose costs closer together'
 
 
 def test_paa_rejects_dead_box_weight():

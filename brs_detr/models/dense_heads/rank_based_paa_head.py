@@ -36,6 +36,10 @@ class RankBasedPAAHead(RankBasedATSSHead, PAAHead):
       its detached maximum class probability and value-matched to the ranking loss (Eq. 17), as in
       :class:`RankBasedATSSHead` (keys ``loss_rank``, ``loss_sort``, ``loss_bbox``).
     * Score voting at test time (``score_voting=True``) works on the class probabilities.
+    * The GMM is fitted on float64 costs (:meth:`paa_reassign`). PAAHead hands scikit-learn the float32 costs, and
+      when the candidates of a gt have nearly equal costs (common early in training, when the class scores are
+      still the prior) the variance scikit-learn computes in float32 cancels to a negative number and the fit
+      raises "ill-defined empirical covariance", which ends the training run.
 
     Args:
         num_classes (int): Number of foreground classes.
@@ -54,6 +58,14 @@ class RankBasedPAAHead(RankBasedATSSHead, PAAHead):
                  **kwargs) -> None:
         super().__init__(num_classes=num_classes, in_channels=in_channels, **kwargs)
         self.assign_loss_cls = MODELS.build(assign_loss_cls)
+
+    def paa_reassign(self, pos_losses: Tensor, label: Tensor, label_weight: Tensor, bbox_weight: Tensor,
+                     pos_inds: Tensor, pos_gt_inds: Tensor, anchors: List[Tensor]) -> tuple:
+        """:meth:`PAAHead.paa_reassign` on the costs in float64 (shape ``(num_candidates,)``), so that the GMM is fitted
+        in float64 (see the class docstring); same arguments and returns. Casting float32 to float64 is exact, so
+        the top-k candidates per level are unchanged."""
+        return super().paa_reassign(pos_losses.double(), label, label_weight, bbox_weight, pos_inds, pos_gt_inds,
+                                    anchors)
 
     def loss_by_feat(self,
                      cls_scores: List[Tensor],
