@@ -46,6 +46,17 @@ def seed_global_generators(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
+def wrapped_attribute(wrapper: Any, wrapped_name: str, name: str) -> Any:
+    """``name`` of the object a wrapper keeps in its attribute ``wrapped_name``; for the wrappers' ``__getattr__``.
+
+    Special (dunder) names stay the wrapper's own: a dataset's ``__getitems__`` would get (index, seed) keys, and
+    unpickling (spawned DataLoader workers) asks for ``__setstate__`` before the wrapped object exists.
+    """
+    if name == wrapped_name or (name.startswith('__') and name.endswith('__')):
+        raise AttributeError(name)
+    return getattr(getattr(wrapper, wrapped_name), name)
+
+
 class SeededDataset(Dataset):
     """A map-style dataset whose items, asked for as ``(index, seed)``, are made with the global generators seeded
     by ``seed``; a plain index is passed through unseeded.
@@ -67,13 +78,8 @@ class SeededDataset(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getattr__(self, name: str) -> Any:
-        # Only reached for names the wrapper lacks. Special names stay the wrapper's own: a ``__getitems__`` of the
-        # wrapped dataset would get (index, seed) keys, and unpickling asks for ``__setstate__`` before ``dataset``
-        # exists.
-        if name == 'dataset' or (name.startswith('__') and name.endswith('__')):
-            raise AttributeError(name)
-        return getattr(self.dataset, name)
+    def __getattr__(self, name: str) -> Any:  # only reached for names the wrapper lacks
+        return wrapped_attribute(self, 'dataset', name)
 
     def __setattr__(self, name: str, value: Any) -> None:
         setattr(self.dataset, name, value)
@@ -96,7 +102,7 @@ class SeededBatchSampler:
         self.epoch = 0
 
     def set_epoch(self, epoch: int, seed: int) -> None:
-        """Seeds of the next iteration come from (``seed``, ``epoch``, index)."""
+        """The batches yielded from now on carry seeds from (``seed``, ``epoch``, index)."""
         self.epoch, self.seed = epoch, seed
 
     def __iter__(self) -> Iterator[List[SeededIndex]]:
@@ -110,9 +116,7 @@ class SeededBatchSampler:
         return len(self.batch_sampler)
 
     def __getattr__(self, name: str) -> Any:
-        if name == 'batch_sampler' or (name.startswith('__') and name.endswith('__')):
-            raise AttributeError(name)
-        return getattr(self.batch_sampler, name)
+        return wrapped_attribute(self, 'batch_sampler', name)
 
 
 def rebuild_dataloader(dataloader: DataLoader, dataset: Dataset, batch_sampler: Sized,
