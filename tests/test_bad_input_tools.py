@@ -18,7 +18,8 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from brs_detr.apis.launch import ToolInputError, check_cfg_options
+from brs_detr.apis.launch import ToolInputError, check_cfg_options, error_message
+from brs_detr.datasets import ImageLoadError
 from brs_detr.datasets import DataCheckError
 from brs_detr.engine import CheckpointFitError, ReliableRunner, find_resumable_checkpoint
 from brs_detr.utils.checkpoint import CheckpointReadError, UntrustedCheckpointError
@@ -197,8 +198,11 @@ def test_pickle_with_code_is_refused_by_train_and_test(in_toy_root, tmp_path, mo
 
 # ----------------------------------------------------------------------------- as a user runs them
 @pytest.mark.slow
+@pytest.mark.parametrize('num_workers', [0, 2], ids=['in-process', '2-workers'])
 def test_corrupt_image_stops_training_naming_it_and_keeps_the_work_dir(toy_coco_root, tmp_path, tool_env,
-                                                                         python_exe):
+                                                                         python_exe, num_workers):
+    """Loaded in the main process or in a DataLoader worker (whose error torch re-raises with the worker's whole
+    traceback in front of the message): the same one-line error."""
     data = tmp_path / 'data' / 'toy_coco'
     shutil.copytree(toy_coco_root, data)
     image = data / 'train' / '000003.png'
@@ -207,16 +211,48 @@ def test_corrupt_image_stops_training_naming_it_and_keeps_the_work_dir(toy_coco_
     work_dir.mkdir()
     (work_dir / 'epoch_1.pth').write_bytes(b'an earlier run\'s checkpoint')
     before = file_digests(work_dir)
-    status, output = run(train_command(TOY_CONFIG, work_dir, python_exe, extra=['--cfg-options',
-                                                                                'train_cfg.max_epochs=1']),
+    options = ['train_cfg.max_epochs=1', f'train_dataloader.num_workers={num_workers}',
+               f'train_dataloader.persistent_workers={num_workers > 0}']
+    status, output = run(train_command(TOY_CONFIG, work_dir, python_exe, extra=['--cfg-options', *options]),
                          tmp_path, tool_env)
     ann_file = 'data/toy_coco/annotations/instances_train.json'
     assert status == 2, output[-3000:]
-    assert (f'train.py: error: cannot load image data/toy_coco/train/000003.png (image id 3, listed in {ann_file}): '
-            'the file is not a decodable image (200 bytes: truncated or corrupt?)') in output
+    error_line = next(line for line in output.splitlines() if line.startswith('train.py: error:'))
+    assert error_line.startswith(f'train.py: error: cannot load image data/toy_coco/train/000003.png (image id 3, '
+                                 f'listed in {ann_file}): the file is not a decodable image (200 bytes: truncated or '
+                                 'corrupt?)')
+    assert (error_line.endswith('(in DataLoader worker process 0)') or error_line.endswith('process 1)')
+            if num_workers else error_line.endswith('corrupt?)'))
     assert 'Traceback' not in output
     after = file_digests(work_dir)
     assert {k: v for k, v in after.items() if k in before} == before  # only new files (this run's logs, config)
+
+
+def reraised_as_from_a_worker(error: BaseException, worker: int = 3) -> BaseException:
+    """``error`` raised (with a cause) in a DataLoader worker, as torch re-raises it in the main process."""
+    from torch._utils import ExceptionWrapper
+    try:
+        try:
+            raise OSError('decoder failed')
+        except OSError as cause:
+            raise error from cause
+    except BaseException:  # noqa: B902
+        wrapper = ExceptionWrapper(where=f'in DataLoader worker process {worker}')
+    try:
+        wrapper.reraise()
+    except BaseException as reraised:  # noqa: B902
+        return reraised
+
+
+@pytest.mark.parametrize('error', [ImageLoadError('cannot load image a.png: truncated\nsecond line'),
+                                   ValueError('bad value: x'), ToolInputError('ToolInputError: y')],
+                         ids=['project-error-multiline', 'builtin', 'name-in-message'])
+def test_error_message_of_a_dataloader_worker_is_the_workers_own(error):
+    reraised = reraised_as_from_a_worker(error)
+    assert type(reraised) is type(error)
+    assert str(reraised).startswith(f'Caught {type(error).__name__} in DataLoader worker process 3.')
+    assert error_message(reraised) == f'{error} (in DataLoader worker process 3)'
+    assert error_message(error) == str(error)  # not from a worker: unchanged
 
 
 def test_data_check_runs_before_the_runner(tmp_path, monkeypatch):

@@ -12,6 +12,7 @@ import inspect
 import logging
 import os
 import os.path as osp
+import re
 import sys
 import traceback
 from typing import Any, Callable, Iterator, List, NoReturn, Optional, Sequence, Tuple, Type
@@ -46,6 +47,29 @@ NEW_KEY_PREFIX = '+'
 #: Top-level fields the Runner reads although configs often leave them out (``--cfg-options`` may add them).
 RUNNER_FIELDS = frozenset(inspect.signature(Runner.__init__).parameters) - {'self'} | {
     'runner_type', 'model_wrapper_cfg', 'find_unused_parameters', 'compile', 'data_check'}
+
+
+#: How torch re-raises an exception of a DataLoader worker in the main process (``torch._utils.ExceptionWrapper``).
+WORKER_ERROR = re.compile(r'^Caught \w+ (in DataLoader worker process \d+)\.\nOriginal Traceback')
+
+
+def error_message(error: BaseException) -> str:
+    """The message of ``error``; for an error raised in a DataLoader worker, the worker's own message.
+
+    torch re-raises a worker's exception in the main process with a message made of ``Caught X in DataLoader worker
+    process N.``, the worker's whole traceback, and only then the original message. Here the original message is
+    kept, followed by `` (in DataLoader worker process N)``.
+    """
+    text = str(error)
+    worker = WORKER_ERROR.match(text)
+    if worker is None:
+        return text
+    kind = type(error)
+    for name in (f'{kind.__module__}.{kind.__qualname__}', kind.__qualname__):  # builtins are printed unqualified
+        start = text.rfind(f'\n{name}: ')
+        if start >= 0:
+            return f'{text[start + len(name) + 3:].rstrip()} ({worker.group(1)})'
+    return text
 
 
 def tool_name() -> str:
@@ -228,7 +252,8 @@ def run_tool_main(main: Callable[[], Any]) -> NoReturn:
     """Run a tool's ``main``, report bad input in one line, and take the process group down before exiting.
 
     Exit status: 0 on success; 2 and ``<tool>: error: <message>`` for one of :data:`USER_ERRORS` (no traceback:
-    the message says what is wrong); 1 and the message for one of :data:`RUN_ERRORS` (a NaN loss);
+    the message says what is wrong; raised in a DataLoader worker, the worker's own message, see
+    :func:`error_message`); 1 and the message for one of :data:`RUN_ERRORS` (a NaN loss);
     ``SystemExit``'s code; or 1 after any other exception (its traceback is printed
     first; the exception is dropped so that its frames do not keep the Runner alive). Before exiting, the Runner
     (whose DDP wrapper holds the process group) is released and the group destroyed (see
@@ -240,10 +265,10 @@ def run_tool_main(main: Callable[[], Any]) -> NoReturn:
     except SystemExit as error:
         exit_code = error.code
     except USER_ERRORS as error:
-        print(f'{tool_name()}: error: {error}', file=sys.stderr)
+        print(f'{tool_name()}: error: {error_message(error)}', file=sys.stderr)
         exit_code = USAGE_ERROR_STATUS
     except RUN_ERRORS as error:
-        print(f'{tool_name()}: error: {error}', file=sys.stderr)
+        print(f'{tool_name()}: error: {error_message(error)}', file=sys.stderr)
         exit_code = 1
     except BaseException:  # noqa: B902  (reported like the interpreter would, then the group is taken down)
         traceback.print_exc()
