@@ -27,7 +27,6 @@ import importlib.util
 import json
 import logging
 import math
-import os.path as osp
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
