@@ -18,7 +18,6 @@ Manifest entries are signed with an HMAC keyed by a per-user secret (``$BRS_DETR
 default ``~/.cache/brs_detr``), so a manifest shipped inside someone else's archive next to a
 malicious file does not make it trusted.
 """
-import contextlib
 import hashlib
 import hmac
 import json
@@ -27,9 +26,10 @@ import os.path as osp
 import secrets
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Set, Tuple, Union
+from typing import Dict, List, Optional, Set, Tuple, Union
 
 from .atomic_io import atomic_write_text
+from .file_lock import file_lock, lock_path_for
 
 PathLike = Union[str, Path]
 
@@ -158,26 +158,6 @@ def read_manifest(directory: PathLike) -> Dict[str, dict]:
     return files if isinstance(files, dict) else {}
 
 
-@contextlib.contextmanager
-def _manifest_lock(directory: str) -> Iterator[None]:
-    """Serialize read-modify-write of a manifest between processes (POSIX flock; no-op elsewhere)."""
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    # The lock lives in brs_detr's home, not next to the checkpoints, so work_dirs stay clean.
-    lock_dir = osp.join(brs_detr_home(), 'locks')
-    os.makedirs(lock_dir, exist_ok=True)
-    lock_name = hashlib.sha1(directory.encode()).hexdigest() + '.lock'
-    with open(osp.join(lock_dir, lock_name), 'a') as lock_file:
-        fcntl.flock(lock_file.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file.fileno(), fcntl.LOCK_UN)
-
-
 def record_trusted_file(path: PathLike,
                         sha256: Optional[str] = None,
                         data: Optional[bytes] = None,
@@ -217,7 +197,8 @@ def record_trusted_file(path: PathLike,
         recorded_at=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
         **extra)
     entry['signature'] = _signature(key, file_name, digest, stat.st_size)
-    with _manifest_lock(directory):
+    # The lock lives in brs_detr's home, not next to the checkpoints, so work_dirs stay clean.
+    with file_lock(lock_path_for(directory, osp.join(brs_detr_home(), 'locks'))):
         files = read_manifest(directory)
         # Drop entries of files that no longer exist (e.g. checkpoints the CheckpointHook removed).
         files = {name: rec for name, rec in files.items() if osp.exists(osp.join(directory, name))}
