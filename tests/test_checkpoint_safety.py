@@ -174,6 +174,34 @@ def test_trust_file_with_sha256_pins_the_content(tmp_path):
     assert float(CheckpointLoader.load_checkpoint(path)['meta']['lr']) == pytest.approx(0.1)
 
 
+def _record_files(folder: str, tag: str, count: int) -> None:
+    for index in range(count):
+        path = osp.join(folder, f'{tag}_{index}.pth')
+        with open(path, 'wb') as file:
+            file.write(os.urandom(64))
+        trust.record_trusted_file(path)
+
+
+def test_concurrent_records_keep_every_manifest_entry(tmp_path):
+    """4 processes record 30 files each into one directory's manifest (as ranks, or concurrent downloads, do): the
+    manifest is read, changed and rewritten under a lock, so no process drops another's entries (without the lock
+    about half of them were lost)."""
+    import multiprocessing
+    folder = str(tmp_path / 'checkpoints')
+    os.makedirs(folder)
+    trust._trust_key(create=True)  # one key for all processes (created once, as the first real record would)
+    context = multiprocessing.get_context('fork')
+    workers = [context.Process(target=_record_files, args=(folder, tag, 30)) for tag in 'abcd']
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=120)
+    assert [worker.exitcode for worker in workers] == [0] * 4
+    recorded = trust.read_manifest(folder)
+    assert sorted(recorded) == sorted(f'{tag}_{index}.pth' for tag in 'abcd' for index in range(30))
+    assert all(trust.is_trusted(osp.join(folder, name)) for name in recorded)
+
+
 def test_corrupt_checkpoint_error_names_the_file(tmp_path):
     path = str(tmp_path / 'truncated.pth')
     buffer = io.BytesIO()
