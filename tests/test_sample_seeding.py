@@ -13,7 +13,10 @@ import pytest
 import torch
 from mmengine.dataset import DefaultSampler
 from mmengine.hooks import DistSamplerSeedHook
+from mmengine.logging import MMLogger
 from torch.utils.data import BatchSampler, DataLoader, IterableDataset, Subset
+
+from mmdet.engine.hooks import PipelineSwitchHook
 
 from brs_detr.engine.runner.sample_seeding import (SeededBatchSampler, SeededDataset, can_seed_samples,
                                                    derived_seed, with_sample_seeds)
@@ -135,3 +138,43 @@ def test_what_cannot_be_seeded_is_named():
         with_sample_seeds(DataLoader(Stream(), batch_size=2))
     with pytest.raises(TypeError, match='list over NoneType'):
         with_sample_seeds([1, 2])
+
+
+class PipelinedItems(torch.utils.data.Dataset):
+    """Items made by ``self.pipeline`` (a callable, as mmengine datasets hold a ``Compose``)."""
+
+    def __init__(self) -> None:
+        self.pipeline = first_pipeline
+
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, index: int) -> str:
+        return self.pipeline(index)
+
+
+def first_pipeline(index: int) -> str:
+    return f'first {index}'
+
+
+def switched_pipeline(index: int) -> str:
+    return f'switched {index}'
+
+
+def test_pipeline_switch_hook_reaches_persistent_workers():
+    """mmdet's PipelineSwitchHook sets ``runner.train_dataloader.dataset.pipeline`` and restarts persistent workers:
+    through the seeded loader, the wrapped dataset gets the new pipeline and the workers use it."""
+    loader = DataLoader(PipelinedItems(), batch_size=2, num_workers=2, persistent_workers=True, collate_fn=list,
+                        multiprocessing_context='fork')
+    seeded, batch_sampler = with_sample_seeds(loader)
+    runner = type('FakeRunner', (), dict(train_dataloader=seeded, epoch=0, logger=MMLogger.get_current_instance()))
+    hook = PipelineSwitchHook(switch_epoch=1, switch_pipeline=[switched_pipeline])
+    seen = []
+    for epoch in range(3):
+        runner.epoch = epoch
+        hook.before_train_epoch(runner)
+        batch_sampler.set_epoch(epoch, seed=0)
+        seen.append(sorted(item for batch in seeded for item in batch))
+    assert seen[0] == [f'first {i}' for i in range(4)]
+    assert seen[1] == seen[2] == [f'switched {i}' for i in range(4)]
+    assert seeded.dataset.dataset.pipeline.transforms == [switched_pipeline]
