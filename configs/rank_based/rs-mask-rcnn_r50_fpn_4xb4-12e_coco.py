@@ -1,10 +1,12 @@
-# RS-Mask R-CNN (Rank & Sort loss), the instance-segmentation baseline of the BRS paper (Table 4; 36.3 mask AP
+# RS-Mask R-CNN (Rank & Sort loss), the instance-segmentation baseline of the BRS paper (Table 2; 36.3 mask AP
 # reported). RS-Faster R-CNN (rs-faster-rcnn_r50_fpn_4xb4-12e_coco.py: ranking losses in the RPN and the RoI box
 # head, no sampling, score_thr 0.40, lr 0.012 at batch 16) plus mmdet's mask branch with:
 # * RankBasedStandardRoIHead: hands the RoI ranking loss and the positives' box weights to the mask head and
 #   keeps at most 200 positives (a random subset) for the mask loss, as released;
 # * RankBasedFCNMaskHead: 1 - Dice per instance instead of per-pixel cross-entropy, score-weighted and
-#   value-matched to the RoI ranking loss (its weight must stay 1).
+#   value-matched to the RoI ranking loss (its weight must stay 1);
+# * the R-CNN assigner matches low-quality proposals (match_low_quality=True), as the released config, which
+#   starts from mmdet's Mask R-CNN base (the Faster R-CNN base has False).
 _base_ = './rs-faster-rcnn_r50_fpn_4xb4-12e_coco.py'
 
 model = dict(
@@ -28,7 +30,7 @@ model = dict(
             loss_mask=dict(
                 type='DiceLoss', use_sigmoid=True, activate=True, naive_dice=False, eps=5e-6,
                 loss_weight=1.0))),
-    train_cfg=dict(rcnn=dict(mask_size=28)),
+    train_cfg=dict(rcnn=dict(assigner=dict(match_low_quality=True), mask_size=28)),
     test_cfg=dict(rcnn=dict(mask_thr_binary=0.5)))
 
 backend_args = None

@@ -1,4 +1,4 @@
-# RS-PAA (Rank & Sort loss), the PAA baseline of the BRS paper (Tables 2-3; 40.8 AP reported for RS, 40.9 for BRS).
+# RS-PAA (Rank & Sort loss), the PAA baseline of the BRS paper (Table 1; 40.8 AP reported for RS, 40.9 for BRS).
 # Changes with respect to mmdet's PAA: no IoU-prediction branch; the GMM still separates the candidates by a
 # score-based cost (focal loss + GIoU, assign_loss_cls), after which a ranking loss with IoU targets ranks all anchors
 # and the GIoU loss is weighted by the positives' scores and value-matched to it (Eq. 17); three anchor scales per
