@@ -1,7 +1,8 @@
 # RS-Cascade R-CNN (Rank & Sort loss), the cascade baseline of the BRS paper (Table 1; 41.1 AP reported).
 # Changes with respect to mmdet's Cascade R-CNN, following the released RS/BRS configs:
 # * RPN as in rs-faster-rcnn: ranking loss over all anchors, GIoU value-matched, coder stds (0.1, 0.1, 0.2, 0.2),
-#   all RPN losses x 0.2;
+#   all RPN losses x 0.2; 1000 training proposals per image after NMS (2000 before), as released (mmdet's Cascade
+#   R-CNN keeps 2000);
 # * three rank-based class-agnostic box heads, all with coder stds (0.1, 0.1, 0.2, 0.2) and GIoU on decoded boxes,
 #   stage loss weights [1, 1, 1]; every proposal (plus the gt boxes) enters each stage, no sampling;
 # * test score threshold 0.40; SGD lr 0.012 at a total batch of 16 (4 GPUs x 4 images).
@@ -51,6 +52,7 @@ model = dict(
     roi_head=dict(stage_loss_weights=[1, 1, 1], bbox_head=[rank_based_bbox_head] * 3),
     train_cfg=dict(
         rpn=dict(sampler=dict(_delete_=True, type='PseudoSampler')),
+        rpn_proposal=dict(nms_pre=2000, max_per_img=1000),
         rcnn=[all_proposals_stage(iou_thr) for iou_thr in (0.5, 0.6, 0.7)]),
     test_cfg=dict(rcnn=dict(score_thr=0.40)))
 
