@@ -398,6 +398,7 @@ def test_released_settings_r50():
     assert type(head.loss_cls).__name__ == 'BucketedRankSortLoss' and head.loss_cls.delta == 0.5
     assert head.loss_cls.loss_weight == 2.0 and head.lambda_1 == 1.0  # query head and positive queries
     assert head.value_matched_bbox and head.use_iou_targets
+    assert not head.score_weighted_bbox  # the released query head weights its positives' box losses equally
     assert model.roi_head[0].bbox_head.loss_cls.loss_weight == 5.0
     assert model.aux_bbox_head[0].loss_cls.loss_weight == 5.0
     assert model.rpn_head.loss_cls.loss_weight * model.rpn_head.head_weight == 1.0
@@ -410,8 +411,8 @@ def test_released_settings_r50():
     assert type(costs[0]).__name__ == 'FocalLossCost' and costs[0].weight == 4.0
     # no sampling in the two-stage branch; a bounded proposal count
     assert type(model.rpn_head.sampler).__name__ == 'PseudoSampler'
-    sampler = model.roi_head[0].bbox_sampler
-    assert sampler.num >= 10**9 and sampler.pos_fraction == 1.0 and sampler.add_gt_as_proposals
+    # every proposal and no gt boxes added as proposals (the released PseudoSampler)
+    assert type(model.roi_head[0].bbox_sampler).__name__ == 'PseudoSampler'
     assert cfg.model.train_cfg[1].rpn_proposal.max_per_img == 1000
     # schedule and batch: 12 epochs, steps at 10 and 11 with gamma 0.2, 4 GPUs x 4 images
     assert cfg.train_cfg.max_epochs == 12

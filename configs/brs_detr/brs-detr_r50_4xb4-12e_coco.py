@@ -4,9 +4,11 @@
 # * every classification loss is BRS (delta 0.5) with IoU targets of the predicted box: query head (all decoder
 #   layers, encoder proposals) and positive queries weight 2.0, RoI and ATSS heads 5.0, RPN 1.0;
 # * every box loss (L1, GIoU) is value-matched to its ranking loss (Eq. 17): its configured weight must be 1
-#   (the heads raise otherwise), lambda_2 no longer exists;
-# * no sampling in the two-stage branch: the RPN uses all anchors, the RoI head all proposals (plus the gt boxes,
-#   as the RS-Faster R-CNN configs), 1000 proposals per image (the Co-DETR and test-time value; see
+#   (the heads raise otherwise), lambda_2 no longer exists; the query head's box losses are a plain mean over the
+#   positives (score_weighted_bbox=False, as the released query head), the auxiliary heads' are weighted by the
+#   positives' scores (which the release intended but its mean reduction undid; docs/release_settings.md);
+# * no sampling in the two-stage branch: the RPN uses all anchors, the RoI head all proposals (PseudoSampler: no
+#   gt boxes added, as released), 1000 proposals per image (the Co-DETR and test-time value; see
 #   docs/brs_detr.md for why not the release's 4000);
 # * ATSS loses its centerness branch; the RoI classifier loses its background column;
 # * Hungarian class cost 4.0 (FocalLossCost on the sigmoid logits) instead of 2.0;
@@ -23,6 +25,8 @@ num_proposals = 1000  # per image, into the unsampled RoI head
 model = dict(
     bbox_head=dict(
         type='RankBasedCoDeformableDETRHead',
+        # the released query head weights every positive's L1/GIoU equally (no score weighting)
+        score_weighted_bbox=False,
         loss_cls=dict(
             _delete_=True,
             type=rank_loss_type,
@@ -128,14 +132,8 @@ model = dict(
                     min_pos_iou=0.5,
                     match_low_quality=False,
                     ignore_iof_thr=-1),
-                # "sampling" that keeps every proposal (num exceeds any proposal count, nothing is drawn at
-                # random) and adds the gt boxes as proposals
-                sampler=dict(
-                    type='RandomSampler',
-                    num=10**9,
-                    pos_fraction=1.0,
-                    neg_pos_ub=-1,
-                    add_gt_as_proposals=True),
+                # every proposal, no gt boxes added as proposals (as released)
+                sampler=dict(type='PseudoSampler'),
                 pos_weight=-1,
                 debug=False)),
         dict(assigner=dict(type='ATSSAssigner', topk=9), allowed_border=-1, pos_weight=-1, debug=False),

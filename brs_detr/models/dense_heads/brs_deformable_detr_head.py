@@ -33,9 +33,9 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
       RS/BRS (Eq. 10-11), 1 for AP/BAP. A positive whose box misses its gt (IoU 0) stays a positive with a
       small target (:func:`ranking_targets`' clamp).
     * The L1 (normalised cxcywh) and GIoU (absolute xyxy) losses are computed per positive, weighted by the
-      positive's detached maximum class probability (``score_weighted_bbox``; the released code's mean reduction
-      drops this weighting, ``score_weighted_bbox=False`` reproduces that), normalised by the sum of these
-      weights, and each is
+      positive's detached maximum class probability when ``score_weighted_bbox`` (the released query head has
+      no such weighting: its box losses are plain means over the positives, ``score_weighted_bbox=False``, which
+      the BRS-DETR configs set), normalised by the sum of these weights, and each is
       rescaled to the value of the ranking loss of its set (``loss_rank + loss_sort``, weights included):
       ``lambda_bbox = L_BRS / L_bbox`` and ``lambda_IoU = L_BRS / L_IoU`` (Eq. 17), detached tensor ratios.
       The configured ``loss_bbox``/``loss_iou`` weights therefore have no effect and must be 1 (an error is
@@ -61,8 +61,8 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
             With False the box losses keep their configured weights (score-weighted averages).
         min_positive_target (float): Smallest IoU target of a positive. Defaults to 1e-6.
         score_weighted_bbox (bool): Weight each positive's box losses by its detached maximum class
-            probability (True, as RS-Loss intends) or uniformly (False, what the released code computes).
-            Defaults to True.
+            probability (True, as the RS-loss heads do) or uniformly (False, what the released BRS-DETR query
+            head computes and what the BRS-DETR configs use). Defaults to True.
         **kwargs: Arguments of :class:`CoDeformableDETRHead`.
     """
 
