@@ -546,7 +546,11 @@ def test_rank_based_config_builds(path):
         heads = [model.rpn_head] + (list(roi_heads) if isinstance(roi_heads, torch.nn.ModuleList) else [roi_heads])
     for head in heads:
         assert type(head.loss_cls).__name__ == expected_loss
-        assert head.value_matched_bbox and head.loss_bbox.loss_weight == 1.0
+        if expected_loss.endswith('RankSortLoss'):
+            assert head.value_matched_bbox and head.loss_bbox.loss_weight == 1.0
+        else:  # the released AP/BAP heads: a fixed box-loss weight (ATSS 2.0, PAA 1.0), no value matching
+            assert not head.value_matched_bbox and head.loss_bbox.loss_weight == (2.0 if 'atss' in name else 1.0)
+            assert head.loss_cls.delta == (1.0 if 'atss' in name else 0.5)
         assert head.use_iou_targets is expected_loss.endswith('RankSortLoss')
     assert cfg.train_dataloader.batch_size == 4 and cfg.auto_scale_lr.base_batch_size == 16
     if 'atss' in name or 'paa' in name:  # one-stage
