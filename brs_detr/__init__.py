@@ -4,7 +4,7 @@ Importing the package registers its modules in mmdet's registries (``custom_impo
 """
 from .version import __version__
 from . import models  # noqa: F401  (registers the modules)
-from . import utils  # noqa: F401
+from . import fileio  # noqa: F401
 from . import datasets, engine  # noqa: F401  (data checks, crash-safe hooks, resumable loop, Runner)
 
 __all__ = ['__version__', 'models']

@@ -49,7 +49,7 @@ def python_exe() -> str:
 @pytest.fixture(scope='session')
 def make_toy_coco_module() -> ModuleType:
     """The toy COCO generator behind ``tools/make_toy_coco.py``."""
-    from brs_detr.utils import toy_coco
+    from brs_detr.datasets import toy_coco
     return toy_coco
 
 

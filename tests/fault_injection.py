@@ -4,7 +4,7 @@
 
 * turn a loss term into NaN (``nan_at={iteration: key}``; ``nan_ranks`` limits it to some ranks);
 * kill the run with SIGKILL in the middle of writing a file whose name contains ``kill_in_write_of`` (its
-  ``kill_on_write``-th write, default the first), after half of its bytes reached the disk (the file is written through ``brs_detr.utils.atomic_io``, like every checkpoint and
+  ``kill_on_write``-th write, default the first), after half of its bytes reached the disk (the file is written through ``brs_detr.fileio.atomic_io``, like every checkpoint and
   ``last_checkpoint``). ``kill_group=True`` kills the whole job (the torchrun launcher and every rank) at once, as a
   node failure or a scheduler's preemption does.
 
@@ -23,7 +23,7 @@ from mmengine.model import is_model_wrapper
 
 from mmdet.registry import HOOKS
 
-from brs_detr.utils import atomic_io
+from brs_detr.fileio import atomic_io
 
 #: Printed (and flushed) right before the kill, so that a test can see where the run died.
 KILL_MARKER = 'FAULT-INJECTION: SIGKILL while writing'

@@ -22,7 +22,7 @@ from brs_detr.apis.launch import ToolInputError, check_cfg_options, error_messag
 from brs_detr.datasets import ImageLoadError
 from brs_detr.datasets import DataCheckError
 from brs_detr.engine import CheckpointFitError, ReliableRunner, find_resumable_checkpoint
-from brs_detr.utils.checkpoint import CheckpointReadError, UntrustedCheckpointError
+from brs_detr.fileio.checkpoint import CheckpointReadError, UntrustedCheckpointError
 from conftest import load_tool_module
 from reliability_utils import TOY_CONFIG, run, train_command
 

@@ -1,5 +1,5 @@
 """tools/benchmark_loss.py end to end, as a user runs it, on a tiny grid; its target verdict and memory probe
-(brs_detr.utils.loss_benchmark*) directly."""
+(brs_detr.benchmarks.loss*) directly."""
 import itertools
 import json
 import os
@@ -13,7 +13,7 @@ import zlib
 import pytest
 from conftest import load_tool_module
 
-from brs_detr.utils.loss_benchmark import CellResult, render_target, target_cells
+from brs_detr.benchmarks.loss import CellResult, render_target, target_cells
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOOL = os.path.join(ROOT, 'tools', 'benchmark_loss.py')
@@ -178,7 +178,7 @@ def test_cpu_memory_probe_measures_a_known_allocation():
     """The CPU probe sees torch allocations (tracemalloc does not), also after a larger earlier peak."""
     import torch
 
-    from brs_detr.utils.loss_benchmark_worker import _CpuMemoryProbe
+    from brs_detr.benchmarks.loss_worker import _CpuMemoryProbe
     probe = _CpuMemoryProbe()
     assert probe.available
     earlier = torch.ones(96 * 2 ** 18)  # 96 MiB peak before the measured call

@@ -1,4 +1,4 @@
-"""tools/benchmark_train.py and brs_detr.utils.train_benchmark: ranking-loss timing (forward and backward), peak
+"""tools/benchmark_train.py and brs_detr.benchmarks.train: ranking-loss timing (forward and backward), peak
 memory and the multi-config comparison table."""
 import re
 import subprocess
@@ -11,8 +11,8 @@ from torch import nn
 
 from brs_detr.models.losses import BucketedRankSortLoss
 from brs_detr.models.losses.ranking_loss import _RankingLossFunction
-from brs_detr.utils import train_benchmark
-from brs_detr.utils.train_benchmark import PeakMemoryMeter, RankingLossTimer
+from brs_detr.benchmarks import train as train_benchmark
+from brs_detr.benchmarks.train import PeakMemoryMeter, RankingLossTimer
 from conftest import REPO_ROOT, load_tool_module
 
 CO_DETR_TINY = 'configs/co_deformable_detr/co_deformable_detr_r18-tiny_1xb2-1e_toy-coco.py'

@@ -33,7 +33,7 @@ NUM_TRAIN = 3
 
 @pytest.fixture(scope='module')
 def dataset_root(tmp_path_factory) -> Path:
-    from brs_detr.utils.toy_coco import make_toy_coco
+    from brs_detr.datasets.toy_coco import make_toy_coco
 
     base = tmp_path_factory.mktemp('browse')
     return Path(make_toy_coco(str(base / 'data' / 'toy_coco'), num_train=NUM_TRAIN, num_val=1, img_size=IMAGE_SIZE,

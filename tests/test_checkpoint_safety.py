@@ -1,6 +1,6 @@
 """Checkpoint safety under torch >= 2.6: trusted full unpickling, refusal of untrusted pickles, atomic saves.
 
-Covers brs_detr/utils/{checkpoint,trust,atomic_io}.py through mmengine's own entry points (a real Runner,
+Covers brs_detr/fileio/{checkpoint,trust,atomic_io}.py through mmengine's own entry points (a real Runner,
 ``CheckpointLoader``, ``load_checkpoint``, ``save_checkpoint``), as a user's training run reaches them.
 """
 import io
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 import brs_detr  # noqa: F401  (installs the loaders and the atomic backend)
-from brs_detr.utils import atomic_io, trust
-from brs_detr.utils.checkpoint import UntrustedCheckpointError
+from brs_detr.fileio import atomic_io, trust
+from brs_detr.fileio.checkpoint import UntrustedCheckpointError
 from mmengine.model import BaseModel
 from mmengine.runner import CheckpointLoader, Runner, load_checkpoint, save_checkpoint
 
@@ -213,7 +213,7 @@ def test_corrupt_checkpoint_error_names_the_file(tmp_path):
 
 
 def test_torchvision_scheme_maps_to_verified_http_without_torchvision(tmp_path, monkeypatch):
-    import brs_detr.utils.checkpoint as checkpoint_module
+    import brs_detr.fileio.checkpoint as checkpoint_module
     requested = []
 
     def fake_http(url, map_location=None, **kwargs):
@@ -278,8 +278,8 @@ def test_atomic_save_keeps_old_file_when_torch_save_fails(tmp_path, monkeypatch)
 
 def test_install_is_idempotent():
     from mmengine.fileio import get_file_backend
-    brs_detr.utils.install()
-    brs_detr.utils.install()
+    brs_detr.fileio.install()
+    brs_detr.fileio.install()
     assert CheckpointLoader._get_checkpoint_loader('/some/file.pth').__name__ == 'load_from_local_safe'
     assert CheckpointLoader._get_checkpoint_loader('https://host/x.pth').__name__ == 'load_from_http_safe'
     assert isinstance(get_file_backend('/some/file.pth'), atomic_io.AtomicLocalBackend)

@@ -18,7 +18,7 @@ import torch
 
 import brs_detr  # noqa: F401
 from brs_detr.models.detectors import convert_co_detr_state_dict
-from brs_detr.utils.model_zoo import STATUS_NOT_RELEASED, entry_status, load_index
+from brs_detr.zoo.index import STATUS_NOT_RELEASED, entry_status, load_index
 from brs_detr.zoo import (CheckpointReadError, ConversionError, build_model, convert_and_check,
                           convert_state_dict_for_config, read_checkpoint, split_checkpoint)
 from mmdet.models.backbones.swin import swin_converter

@@ -1,4 +1,4 @@
-"""tools/download_checkpoint.py, brs_detr.utils.download and brs_detr.zoo.install against a local HTTP server.
+"""tools/download_checkpoint.py, brs_detr.zoo.download and brs_detr.zoo.install against a local HTTP server.
 
 No network: a threaded ``http.server`` on 127.0.0.1 (ephemeral port, shut down in teardown) serves the files with
 the behaviours a real download meets: Range requests (206, 416), a server that ignores them, a connection that
@@ -30,9 +30,10 @@ import torch
 from torch import nn
 
 import brs_detr  # noqa: F401  (installs the loaders)
-from brs_detr.utils import download, known_hashes, trust
-from brs_detr.utils.checkpoint import UntrustedCheckpointError
-from brs_detr.utils.model_zoo import (DEFAULT_INDEX, README_TABLE_BEGIN, README_TABLE_END, load_index, markdown_table,
+from brs_detr.fileio import trust
+from brs_detr.zoo import download, known_hashes
+from brs_detr.fileio.checkpoint import UntrustedCheckpointError
+from brs_detr.zoo.index import (DEFAULT_INDEX, README_TABLE_BEGIN, README_TABLE_END, load_index, markdown_table,
                                       readme_link_prefix)
 from conftest import load_tool_module
 from mmengine.runner import CheckpointLoader
@@ -517,7 +518,7 @@ def test_http_loader_trusts_only_verified_downloads(server, tmp_path):
 def start_weights(config_file: str) -> tuple:
     """The weights a config starts from: its ``Pretrained`` init_cfg checkpoints and ``load_from``, as URLs
     (``torchvision://NAME`` resolved as brs_detr's loader does) or local paths."""
-    from brs_detr.utils.checkpoint import TORCHVISION_URLS
+    from brs_detr.fileio.checkpoint import TORCHVISION_URLS
     from mmengine.config import Config
     cfg = Config.fromfile(config_file)
     inits = [cfg.model.get('init_cfg'), (cfg.model.get('backbone') or {}).get('init_cfg')]

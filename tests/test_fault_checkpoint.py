@@ -17,7 +17,7 @@ from mmengine.runner import Runner
 
 import brs_detr  # noqa: F401  (registers CrashSafeCheckpointHook, installs the atomic backend)
 from brs_detr.engine import ReliableRunner
-from brs_detr.utils import atomic_io
+from brs_detr.fileio import atomic_io
 from fault_injection import KILL_MARKER
 from reliability_utils import (BATCH_SIZE, Pairs, Regressor, all_checkpoints_load, fault_env, run, train_command,
                                write_fault_config)

@@ -57,7 +57,7 @@ def train(config: Path, work_dir: Path, epochs: int, cwd: Path, env: Dict[str, s
 @pytest.fixture(scope='module')
 def demo_env(tmp_path_factory, tool_env) -> Dict:
     """Toy data, demo images and the two trained checkpoints (shared by the tests of this module)."""
-    from brs_detr.utils.toy_coco import make_toy_coco
+    from brs_detr.datasets.toy_coco import make_toy_coco
 
     base = tmp_path_factory.mktemp('image_demo')
     make_toy_coco(str(base / 'data' / 'toy_coco'), num_train=NUM_TRAIN, num_val=2, seed=0)
@@ -221,7 +221,7 @@ def fails_with(demo_module, argv: List, capsys) -> str:
 
 @pytest.fixture(scope='module')
 def small_images(tmp_path_factory) -> Path:
-    from brs_detr.utils.toy_coco import make_toy_coco
+    from brs_detr.datasets.toy_coco import make_toy_coco
     return Path(make_toy_coco(str(tmp_path_factory.mktemp('demo_inputs') / 'set'), num_train=1, num_val=2,
                               seed=3)) / 'val'
 
@@ -302,7 +302,7 @@ def test_weights_of_another_shape_are_refused(demo_module, demo_env, tmp_path, n
 @pytest.mark.slow  # uses the trained checkpoints
 def test_untrusted_pickled_checkpoint_is_refused(demo_module, demo_env, tmp_path, no_display):
     """A Runner checkpoint (pickled objects) copied out of its work_dir is not unpickled; a state dict loads."""
-    from brs_detr.utils.checkpoint import UntrustedCheckpointError
+    from brs_detr.fileio.checkpoint import UntrustedCheckpointError
 
     copied = tmp_path / 'copied.pth'
     shutil.copyfile(demo_env['atss'], copied)

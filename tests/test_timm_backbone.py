@@ -20,7 +20,7 @@ import timm  # installed by tools/install.sh (requirements.txt)
 
 import brs_detr  # noqa: F401  (registers the models)
 from brs_detr.models.backbones import TimmBackbone, timm_feature_info, timm_weights_url
-from brs_detr.utils import UntrustedCheckpointError
+from brs_detr.fileio import UntrustedCheckpointError
 from mmdet.registry import MODELS
 from mmdet.utils import register_all_modules
 

@@ -32,8 +32,8 @@ is returned to the OS (``malloc_trim``), the kernel's peak-RSS counter is reset 
 and the peak extra memory is ``VmHWM`` after the call minus ``VmRSS`` before it (Linux only; ``n/a``
 elsewhere). This is measured on the warm-up call; the timed calls run on a warm allocator.
 
-The logic lives in :mod:`brs_detr.utils.loss_benchmark` (scheduling and outputs),
-:mod:`brs_detr.utils.loss_benchmark_worker` (inputs, timing, memory) and :mod:`brs_detr.utils.loss_benchmark_report`
+The logic lives in :mod:`brs_detr.benchmarks.loss` (scheduling and outputs),
+:mod:`brs_detr.benchmarks.loss_worker` (inputs, timing, memory) and :mod:`brs_detr.benchmarks.loss_report`
 (tables, target verdict, plot); this file parses the arguments.
 
 Examples::
@@ -53,7 +53,7 @@ import os
 import sys
 from typing import Optional, Sequence
 
-from brs_detr.utils.loss_benchmark import DEFAULT_RATIOS, DEFAULT_SIZES, LOSSES, METRIC_TEXT, REGIMES, run_benchmark
+from brs_detr.benchmarks.loss import DEFAULT_RATIOS, DEFAULT_SIZES, LOSSES, METRIC_TEXT, REGIMES, run_benchmark
 
 
 def _positive_int(text: str) -> int:

@@ -34,7 +34,7 @@ ranking-loss share is the median over the timed iterations of (forward + backwar
 / (iteration time); ``ratio to first`` is the median s/iter divided by that of the first config,
 ``memory ratio to first`` the same for the peak memory.
 
-The logic lives in :mod:`brs_detr.utils.train_benchmark`; this file parses the arguments.
+The logic lives in :mod:`brs_detr.benchmarks.train`; this file parses the arguments.
 
 Example, Co-DETR (focal) vs RS-DETR vs BRS-DETR, ResNet-50, one 320x320 image per iteration (the default size: a
 few minutes for all three on a 2-core CPU; pass ``--img-size 800 1333`` for the COCO test scale)::
@@ -49,7 +49,7 @@ from typing import List, Optional
 
 import torch
 
-from brs_detr.utils.train_benchmark import DEFAULT_IMG_SIZE, DEFAULT_TIME_MODULES, run_benchmarks
+from brs_detr.benchmarks.train import DEFAULT_IMG_SIZE, DEFAULT_TIME_MODULES, run_benchmarks
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:

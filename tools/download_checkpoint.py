@@ -24,12 +24,12 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout without install
 
-from brs_detr.utils import known_hashes  # noqa: E402
-from brs_detr.utils.download import DownloadError  # noqa: E402
-from brs_detr.utils.model_zoo import (DEFAULT_INDEX, ModelZooError, format_table, get_entry, load_index,  # noqa: E402
+from brs_detr.zoo import known_hashes  # noqa: E402
+from brs_detr.zoo.download import DownloadError  # noqa: E402
+from brs_detr.zoo.index import (DEFAULT_INDEX, ModelZooError, format_table, get_entry, load_index,  # noqa: E402
                                       markdown_table, readme_link_prefix, replace_readme_table, table_rows)
-from brs_detr.utils.atomic_io import atomic_write_text  # noqa: E402
-from brs_detr.utils.trust import manifest_path, record_trusted_file  # noqa: E402
+from brs_detr.fileio.atomic_io import atomic_write_text  # noqa: E402
+from brs_detr.fileio.trust import manifest_path, record_trusted_file  # noqa: E402
 from brs_detr.zoo import InstallOptions, ZooInstallError, install_entry  # noqa: E402
 
 DEFAULT_DEST = osp.join(osp.dirname(DEFAULT_INDEX))

@@ -2,7 +2,7 @@
 
 Writes ``OUT_DIR/annotations/instances_{train,val}.json`` and ``OUT_DIR/{train,val}/000001.png ...`` (OUT_DIR is
 either absent or complete; same arguments give byte-identical files). What the images hold and how: see
-:mod:`brs_detr.utils.toy_coco`, which does the work; this file parses the arguments.
+:mod:`brs_detr.datasets.toy_coco`, which does the work; this file parses the arguments.
 
 Example::
 
@@ -12,7 +12,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from brs_detr.utils.toy_coco import DEFAULT_CLASSES, IMAGE_EXTENSIONS, SHAPE_KINDS, make_toy_coco
+from brs_detr.datasets.toy_coco import DEFAULT_CLASSES, IMAGE_EXTENSIONS, SHAPE_KINDS, make_toy_coco
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

@@ -20,7 +20,7 @@ from mmdet.evaluation import get_classes
 from mmdet.registry import DATASETS
 from mmdet.structures import DetDataSample
 
-from brs_detr.utils.atomic_io import atomic_write_text
+from brs_detr.fileio.atomic_io import atomic_write_text
 from .drawing import visualizer_config, write_png
 from .image_inputs import ImageInputError, collect_images, output_names
 from .runtime import resolve_device
@@ -86,7 +86,7 @@ class BRSDetInferencer(DetInferencer):
     What changed, and why:
 
     * Weights are loaded with brs-detr's safe loader (``torch.load(weights_only=True)``; full unpickling only for
-      trusted files, such as the checkpoints the user's own Runner saved, see :mod:`brs_detr.utils.checkpoint`) and
+      trusted files, such as the checkpoints the user's own Runner saved, see :mod:`brs_detr.fileio.checkpoint`) and
       **strictly**: weights of another model raise :class:`~brs_detr.apis.weights.WeightsMismatchError` listing the
       keys instead of drawing the detections of a half-random network.
     * Class names: the checkpoint's ``dataset_meta``, else the config's test dataset ``metainfo`` (mmdet jumps to the

@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 from mmengine.config import Config, ConfigDict
 
-from brs_detr.utils.atomic_io import atomic_write_bytes
+from brs_detr.fileio.atomic_io import atomic_write_bytes
 
 #: The visualizer used when a config names none (mmdet's, with its defaults).
 DEFAULT_VISUALIZER = dict(type='DetLocalVisualizer')

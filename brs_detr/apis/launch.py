@@ -24,7 +24,7 @@ from mmengine.runner import Runner
 from brs_detr.datasets import DataCheckError, ImageLoadError, check_datasets, name_images_in_load_errors
 from brs_detr.engine import CheckpointFitError, NonFiniteError, ReliableRunner
 from brs_detr.engine.dist import LauncherError, close_process_group
-from brs_detr.utils.checkpoint import CheckpointReadError, UntrustedCheckpointError, check_checkpoint_readable
+from brs_detr.fileio.checkpoint import CheckpointReadError, UntrustedCheckpointError, check_checkpoint_readable
 
 #: Exit status of a tool stopped by bad input (argparse's status for bad arguments).
 USAGE_ERROR_STATUS = 2
@@ -117,7 +117,7 @@ def check_config_file(config_path: str) -> None:
 
 def check_checkpoint_file(checkpoint: str, what: str = 'checkpoint') -> None:
     """Raise :class:`ToolInputError` when a local checkpoint file does not exist, or
-    :class:`~brs_detr.utils.checkpoint.CheckpointReadError` when it is empty or truncated (URLs are checked by the
+    :class:`~brs_detr.fileio.checkpoint.CheckpointReadError` when it is empty or truncated (URLs are checked by the
     loader)."""
     if is_url(checkpoint):
         return

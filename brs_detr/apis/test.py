@@ -34,13 +34,13 @@ def atomic_dump_metric(out_file_path: str):
     from mmengine.fileio import dump
     from mmengine.logging import print_log
 
-    from brs_detr.utils.atomic_io import atomic_open
+    from brs_detr.fileio.atomic_io import atomic_open
 
     class AtomicDumpDetResults(DumpDetResults):
         """mmdet's ``DumpDetResults`` that never leaves a partial pickle at ``out_file_path``.
 
         Only :meth:`compute_metrics` changes: the results are pickled into a temporary file in the destination
-        directory and moved into place with ``os.replace`` (:func:`brs_detr.utils.atomic_io.atomic_open`).
+        directory and moved into place with ``os.replace`` (:func:`brs_detr.fileio.atomic_io.atomic_open`).
         """
 
         def compute_metrics(self, results: list) -> dict:

@@ -6,7 +6,7 @@
   on a NaN/Inf loss before the update (or skips it; :class:`~brs_detr.engine.hooks.NonFiniteLossHook`), and checks
   its datasets before the Runner starts (:func:`brs_detr.datasets.check_datasets`). docs/reliability.md lists what
   happens in each case.
-* The run's work_dir is registered as trusted for checkpoint loading (``brs_detr.utils.checkpoint``), so resuming
+* The run's work_dir is registered as trusted for checkpoint loading (``brs_detr.fileio.checkpoint``), so resuming
   from the Runner's own checkpoints works under torch >= 2.6 (``torch.load(weights_only=True)`` by default). Any
   other checkpoint needs a signed manifest entry (written when a brs-detr Runner of this user saved it, or by
   ``tools/download_checkpoint.py``) or explicit trust to be unpickled beyond weights.
@@ -25,7 +25,7 @@ from mmengine.config import Config
 
 from brs_detr.engine.dist import setup_distributed_without_cuda
 from brs_detr.engine.reliability import guard_non_finite_loss, use_resumable_training
-from brs_detr.utils.trust import trust_directory
+from brs_detr.fileio.trust import trust_directory
 from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
                      prepare_datasets, set_work_dir, warn)
 
@@ -98,7 +98,7 @@ def train(args: argparse.Namespace) -> None:
     setup_distributed_without_cuda(cfg)
 
     # This run writes its own checkpoints into work_dir and may resume from them. Checkpoints elsewhere are
-    # trusted only through their signed manifest entries (brs_detr.utils.trust) or the user's explicit trust.
+    # trusted only through their signed manifest entries (brs_detr.fileio.trust) or the user's explicit trust.
     os.makedirs(cfg.work_dir, exist_ok=True)
     trust_directory(osp.abspath(cfg.work_dir))
 

@@ -23,8 +23,8 @@ from mmengine.config import Config
 from torch import Tensor, nn
 
 from brs_detr.models.detectors.co_detr_checkpoint import convert_co_detr_state_dict
-from brs_detr.utils.atomic_io import atomic_torch_save
-from brs_detr.utils.trust import sha256_file
+from brs_detr.fileio.atomic_io import atomic_torch_save
+from brs_detr.fileio.trust import sha256_file
 from .checkpoint_reader import CheckpointReadError, plain_meta, read_checkpoint, split_checkpoint
 from .rank_based_cnn import (RANK_BASED_CNN_DETECTORS, convert_rank_based_cnn_state_dict, mismatch_hints,
                              shapes_of)

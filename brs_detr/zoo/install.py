@@ -5,7 +5,7 @@ For a detector entry ``NAME`` and a destination ``DEST`` (default ``checkpoints/
 1. the published file is ``DEST/original/<file_name>``: downloaded when missing (resumed from
    ``<file>.partial``), or taken as it is when a user placed it there by hand;
 2. it is verified: against the index's ``sha256`` when there is one, else against the sha256 recorded on its
-   first download (:mod:`brs_detr.utils.known_hashes`), else against a torch.hub hash prefix in its name; a
+   first download (:mod:`brs_detr.zoo.known_hashes`), else against a torch.hub hash prefix in its name; a
    file seen for the first time gets its sha256 recorded. A file that fails is moved aside
    (``*.rejected``) and never loaded; an HTML page or anything else that is not a checkpoint (PyTorch or
    safetensors) is treated the same way;
@@ -24,13 +24,13 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Callable, Dict, Optional
 
-from brs_detr.utils import known_hashes
-from brs_detr.utils.download import (ChecksumError, DiskFullError, DownloadError, download_file, format_bytes,
+from brs_detr.zoo import known_hashes
+from brs_detr.zoo.download import (ChecksumError, DiskFullError, DownloadError, download_file, format_bytes,
                                      move_aside)
-from brs_detr.utils.model_zoo import (REPO_ROOT, STATUS_MANUAL, STATUS_NOT_RELEASED, config_path, entry_page,
+from brs_detr.zoo.index import (REPO_ROOT, STATUS_MANUAL, STATUS_NOT_RELEASED, config_path, entry_page,
                                       entry_paths, entry_status, entry_url, expected_checksum)
-from brs_detr.utils.file_lock import file_lock, lock_path_for
-from brs_detr.utils.trust import brs_detr_home, record_trusted_file, sha256_file
+from brs_detr.fileio.file_lock import file_lock, lock_path_for
+from brs_detr.fileio.trust import brs_detr_home, record_trusted_file, sha256_file
 from .checkpoint_reader import checkpoint_format, describe_head
 
 #: Default destination of detector checkpoints.

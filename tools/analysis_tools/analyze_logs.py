@@ -19,14 +19,14 @@ Commands (as in mmdetection's ``tools/analysis_tools/analyze_logs.py``)::
 Without ``--out`` it opens a window (needs a display). Bad input (a missing file, a line that is not JSON, a key no
 record has) fails with a message naming the file, the line or the key and the keys that are there.
 
-The reading and plotting live in :mod:`brs_detr.utils.log_analysis`; this file parses the arguments.
+The reading and plotting live in :mod:`brs_detr.analysis.logs`; this file parses the arguments.
 """
 import argparse
 import os.path as osp
 import sys
 from typing import Optional, Sequence
 
-from brs_detr.utils.log_analysis import LogError, cal_train_time, plot_curve
+from brs_detr.analysis.logs import LogError, cal_train_time, plot_curve
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:

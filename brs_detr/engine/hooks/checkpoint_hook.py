@@ -11,7 +11,7 @@ from mmengine.hooks import CheckpointHook
 
 from mmdet.registry import HOOKS
 
-from brs_detr.utils.atomic_io import TEMP_INFIX, atomic_write_text
+from brs_detr.fileio.atomic_io import TEMP_INFIX, atomic_write_text
 
 #: File in the work_dir naming the latest checkpoint (read by ``resume=True`` / ``tools/train.py --resume``).
 LAST_CHECKPOINT_MARKER = 'last_checkpoint'
@@ -58,7 +58,7 @@ class CrashSafeCheckpointHook(CheckpointHook):
       never read by anything) are removed.
 
     The checkpoint files themselves are written atomically by brs_detr's local file backend
-    (:class:`brs_detr.utils.atomic_io.AtomicLocalBackend`). A checkpoint kept because the run was killed between
+    (:class:`brs_detr.fileio.atomic_io.AtomicLocalBackend`). A checkpoint kept because the run was killed between
     the save and the removal stays on disk (it is not tracked for removal any more).
     """
 

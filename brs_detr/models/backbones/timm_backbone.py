@@ -124,7 +124,7 @@ def load_timm_state_dict(checkpoint: str, map_location: Union[str, torch.device,
 
     ``.safetensors`` files (timm's Hugging Face hub format) are read with safetensors, which cannot run code.
     Everything else goes through mmengine's ``CheckpointLoader``, i.e. brs_detr's loaders
-    (:mod:`brs_detr.utils.checkpoint`): ``torch.load(weights_only=True)`` unless the file is trusted,
+    (:mod:`brs_detr.fileio.checkpoint`): ``torch.load(weights_only=True)`` unless the file is trusted,
     checksum-verified downloads for ``http(s)://``. Weights nested under ``state_dict`` or ``model`` are
     unpacked and a ``module.`` prefix (DataParallel) is removed.
 

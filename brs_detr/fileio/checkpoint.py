@@ -6,7 +6,7 @@ cannot be resumed, while its http loader unpickles downloads with ``weights_only
 checksum. :func:`install` (run on ``import brs_detr``) replaces mmengine's loaders:
 
 * local files (``CheckpointLoader`` prefix ``''``): ``weights_only=True`` first; only when torch
-  rejects pickled objects *and* the file is trusted (:mod:`brs_detr.utils.trust`) is it loaded
+  rejects pickled objects *and* the file is trusted (:mod:`brs_detr.fileio.trust`) is it loaded
   with ``weights_only=False``. An untrusted file raises :class:`UntrustedCheckpointError`.
 * ``http://`` / ``https://``: downloaded into torch.hub's cache with a checksum (the model-zoo
   index's full sha256, else the ``-<sha256 prefix>.pth`` in the file name); a verified file is
@@ -15,7 +15,7 @@ checksum. :func:`install` (run on ``import brs_detr``) replaces mmengine's loade
   ``load_from_http``, which is rebound).
 * ``torchvision://NAME`` / ``modelzoo://NAME``: mapped to torchvision's ImageNet URLs without
   importing torchvision (the verified http path then applies to them as to any URL).
-* mmengine's ``'local'`` file backend becomes :class:`~brs_detr.utils.atomic_io.AtomicLocalBackend`,
+* mmengine's ``'local'`` file backend becomes :class:`~brs_detr.fileio.atomic_io.AtomicLocalBackend`,
   so ``Runner.save_checkpoint`` writes ``epoch_N.pth`` atomically and records it as trusted.
 """
 import logging
@@ -33,8 +33,8 @@ from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
 
 from .atomic_io import AtomicLocalBackend
-from .download import ChecksumError, download_file
-from .model_zoo import expected_checksum, find_by_url
+from brs_detr.zoo.download import ChecksumError, download_file
+from brs_detr.zoo.index import expected_checksum, find_by_url
 from .trust import (MANIFEST_NAME, TRUSTED_DIRS_ENV, is_trusted, record_trusted_file, sha256_file, trust_directory,
                     trust_file, trust_reason)
 
@@ -103,14 +103,14 @@ def _untrusted_message(path: str, detail: str) -> str:
         f'Refusing to load checkpoint {path}: torch.load(weights_only=True) rejects it ({detail}), and loading it '
         f'with weights_only=False would run arbitrary code stored in the file, which brs_detr only does for '
         f'trusted files. This file is not trusted: it is not under a trusted directory, not registered with '
-        f'brs_detr.utils.trust_file(), and has no valid verified entry in a {MANIFEST_NAME} next to it.\n'
+        f'brs_detr.fileio.trust_file(), and has no valid verified entry in a {MANIFEST_NAME} next to it.\n'
         f'To proceed:\n'
         f'  * if it is a model-zoo checkpoint, download it with python tools/download_checkpoint.py NAME, which '
         f'verifies its checksum and trusts it;\n'
         f'  * if you know where the file comes from, trust it explicitly: '
         f'python tools/download_checkpoint.py --trust-file {path}  (records its sha256), '
         f'or export {TRUSTED_DIRS_ENV}={osp.dirname(path)}  (trusts that directory), '
-        f'or brs_detr.utils.trust_file(path) in Python;\n'
+        f'or brs_detr.fileio.trust_file(path) in Python;\n'
         f'  * better still, convert it once to a plain state dict (tensors only), which then loads anywhere without '
         f'trust: python tools/convert_checkpoint.py {path} CONVERTED.pth --trust  (for the mmdet 2.x '
         f'Co-DETR/BRS-DETR releases; see --help).')

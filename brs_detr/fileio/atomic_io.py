@@ -129,11 +129,11 @@ class AtomicLocalBackend(LocalBackend):
     crash mid-write leaves a truncated file. Here both go through :func:`atomic_open`.
     ``Runner.save_checkpoint`` -> ``mmengine.runner.save_checkpoint`` -> ``get_file_backend(filename).put``
     reaches this class once it is registered as the ``'local'`` backend (see
-    :func:`brs_detr.utils.checkpoint.install`).
+    :func:`brs_detr.fileio.checkpoint.install`).
 
     Every ``.pth`` file written through ``put`` (i.e. a checkpoint the user's own Runner saved) is
     also recorded, with its sha256, in the trust manifest of its directory, so that resuming from
-    it later can unpickle the Runner's metadata (see :mod:`brs_detr.utils.trust`).
+    it later can unpickle the Runner's metadata (see :mod:`brs_detr.fileio.trust`).
     """
 
     #: File suffixes recorded in the trust manifest when written through :meth:`put`.

@@ -1,7 +1,7 @@
 """Loss benchmark, output side: Markdown tables, the BRS / focal target verdict and the plot.
 
-Used by :mod:`brs_detr.utils.loss_benchmark` (``tools/benchmark_loss.py``, see ``docs/benchmark_loss.md``). Every
-function takes the :class:`~brs_detr.utils.loss_benchmark_worker.CellResult` list of a run and the parsed command
+Used by :mod:`brs_detr.benchmarks.loss` (``tools/benchmark_loss.py``, see ``docs/benchmark_loss.md``). Every
+function takes the :class:`~brs_detr.benchmarks.loss_worker.CellResult` list of a run and the parsed command
 line (``regimes``, ``sizes``, ``ratios``, ``losses``, ``metric``, the budgets and the target options).
 """
 import math
@@ -11,8 +11,8 @@ import shlex
 import statistics
 from typing import List, Optional, Sequence
 
-from .atomic_io import atomic_open
-from .loss_benchmark_worker import IOU_LOW, LOSSES, REGIME_TEXT, CellResult
+from brs_detr.fileio.atomic_io import atomic_open
+from .loss_worker import IOU_LOW, LOSSES, REGIME_TEXT, CellResult
 
 #: Ratio rows of the time table: (title, numerator key, denominator key).
 RATIOS = [

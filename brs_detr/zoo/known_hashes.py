@@ -21,9 +21,9 @@ import os.path as osp
 import time
 from typing import Dict, Optional
 
-from .atomic_io import atomic_write_text
-from .file_lock import file_lock
-from .trust import brs_detr_home
+from brs_detr.fileio.atomic_io import atomic_write_text
+from brs_detr.fileio.file_lock import file_lock
+from brs_detr.fileio.trust import brs_detr_home
 
 STORE_NAME = 'model_zoo_sha256.json'
 STORE_VERSION = 1

@@ -19,7 +19,7 @@ An entry is *downloadable* when it has ``url`` or ``gdrive_id``, *manual* when i
 and *not released* when it has neither (the paper reports a number, no checkpoint was published).
 
 When ``sha256`` is null the download is verified against the sha256 recorded on its first download
-(:mod:`brs_detr.utils.known_hashes`) and, for torch.hub-style names (``name-<sha256 prefix>.pth``), against
+(:mod:`brs_detr.zoo.known_hashes`) and, for torch.hub-style names (``name-<sha256 prefix>.pth``), against
 that prefix.
 """
 import json

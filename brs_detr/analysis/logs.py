@@ -134,7 +134,7 @@ def plot_curve(json_logs: Sequence[str], keys: Sequence[str], legend: Optional[S
     if out is None:
         plt.show()
     else:
-        from brs_detr.utils import atomic_open
+        from brs_detr.fileio.atomic_io import atomic_open
         os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
         with atomic_open(out, 'wb') as f:
             fig.savefig(f, format=osp.splitext(out)[1].lstrip('.') or 'png', dpi=FIGURE_DPI)

@@ -2,9 +2,9 @@
 
 Used by ``tools/benchmark_loss.py`` (which parses the command line); see ``docs/benchmark_loss.md``. This module
 schedules the grid: every (regime, L, m, loss) cell runs in a spawned worker process
-(:func:`~brs_detr.utils.loss_benchmark_worker.worker_main`), which is killed when its first call exceeds the cell's
+(:func:`~brs_detr.benchmarks.loss_worker.worker_main`), which is killed when its first call exceeds the cell's
 budget, so a slow pairwise cell cannot hang the run; larger cells of that loss and regime are then skipped. The
-results are written by :mod:`brs_detr.utils.loss_benchmark_report` (Markdown tables, the BRS / focal target
+results are written by :mod:`brs_detr.benchmarks.loss_report` (Markdown tables, the BRS / focal target
 verdict, a plot) and as raw JSON.
 
 The three modules import downward only: this one uses the report and the worker module, the report uses the
@@ -19,10 +19,10 @@ import time
 from dataclasses import asdict
 from typing import Dict, List, Optional, Tuple
 
-from .atomic_io import atomic_open, atomic_write_text
-from .loss_benchmark_report import (METRIC_TEXT, mem_cell, ratio_label, render_markdown, render_png, render_target,
+from brs_detr.fileio.atomic_io import atomic_open, atomic_write_text
+from .loss_report import (METRIC_TEXT, mem_cell, ratio_label, render_markdown, render_png, render_target,
                                     size_label, target_cells, time_cell)
-from .loss_benchmark_worker import LOSSES, REGIMES, CellResult, num_positives, worker_main
+from .loss_worker import LOSSES, REGIMES, CellResult, num_positives, worker_main
 
 __all__ = [
     'LOSSES', 'REGIMES', 'METRIC_TEXT', 'PAIRWISE', 'DEFAULT_SIZES', 'DEFAULT_RATIOS', 'CellResult', 'run_grid',

@@ -1,6 +1,6 @@
 """Loss benchmark, worker side: the grid's cells, their inputs, and the process that times them.
 
-Used by :mod:`brs_detr.utils.loss_benchmark` (``tools/benchmark_loss.py``, see ``docs/benchmark_loss.md``), which
+Used by :mod:`brs_detr.benchmarks.loss` (``tools/benchmark_loss.py``, see ``docs/benchmark_loss.md``), which
 starts :func:`worker_main` in a spawned process and sends it one cell at a time. The worker builds each loss from
 mmdet's MODELS registry, times forward + backward of one call on the cell's logits (a warm-up call, whose peak
 extra memory is measured, then timed repeats within the cell's budget) and sends back a :class:`CellResult`.
