@@ -19,8 +19,7 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
-from brs_detr.apis import BRSDetInferencer, collect_images, has_display
-from brs_detr.apis.launch import check_checkpoint_file, check_config_file, run_tool_main
+from brs_detr.apis.cli import check_checkpoint_file, check_config_file, has_display, run_tool_main
 
 PALETTES = ('coco', 'voc', 'citys', 'random', 'none')
 
@@ -65,6 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.show and not has_display():
         parser.error('--show needs a display (DISPLAY/WAYLAND_DISPLAY is not set); the drawn images are saved '
                      f'under {osp.join(args.out_dir, "vis")} without it')
+
+    from brs_detr.apis.det_inferencer import BRSDetInferencer
+    from brs_detr.apis.image_inputs import collect_images
 
     images = collect_images(args.inputs)  # before the model is built: a typo fails in seconds
     inferencer = BRSDetInferencer(model=args.config, weights=args.weights, device=args.device, palette=args.palette,

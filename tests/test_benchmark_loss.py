@@ -178,13 +178,14 @@ def test_cpu_memory_probe_measures_a_known_allocation():
     """The CPU probe sees torch allocations (tracemalloc does not), also after a larger earlier peak."""
     import torch
 
-    from brs_detr.benchmarks.loss_worker import _CpuMemoryProbe
-    probe = _CpuMemoryProbe()
-    assert probe.available
+    from brs_detr.benchmarks.memory import MIB, PeakMemoryMeter
+    meter = PeakMemoryMeter(torch.device('cpu'))
+    assert meter.resettable
     earlier = torch.ones(96 * 2 ** 18)  # 96 MiB peak before the measured call
     del earlier
     mib = 32
-    probe.start()
+    meter.reset()
     block = torch.ones(mib * 2 ** 18)  # float32: 4 bytes each
     del block
-    assert abs(probe.stop() - mib) < 4
+    peak, baseline = meter.read()
+    assert abs((peak - baseline) / MIB - mib) < 4

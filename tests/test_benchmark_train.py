@@ -12,7 +12,8 @@ from torch import nn
 from brs_detr.models.losses import BucketedRankSortLoss
 from brs_detr.models.losses.ranking_loss import _RankingLossFunction
 from brs_detr.benchmarks import train as train_benchmark
-from brs_detr.benchmarks.train import PeakMemoryMeter, RankingLossTimer
+from brs_detr.benchmarks.memory import PeakMemoryMeter
+from brs_detr.benchmarks.timers import RankingLossTimer
 from conftest import REPO_ROOT, load_tool_module
 
 CO_DETR_TINY = 'configs/co_deformable_detr/co_deformable_detr_r18-tiny_1xb2-1e_toy-coco.py'

@@ -1,6 +1,6 @@
 """Checkpoint safety under torch >= 2.6: trusted full unpickling, refusal of untrusted pickles, atomic saves.
 
-Covers brs_detr/fileio/{checkpoint,trust,atomic_io}.py through mmengine's own entry points (a real Runner,
+Covers brs_detr/fileio/{checkpoint,trust,atomic_io,backend}.py and brs_detr/zoo/loaders.py through mmengine's own entry points (a real Runner,
 ``CheckpointLoader``, ``load_checkpoint``, ``save_checkpoint``), as a user's training run reaches them.
 """
 import io
@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 import brs_detr  # noqa: F401  (installs the loaders and the atomic backend)
-from brs_detr.fileio import atomic_io, trust
+from brs_detr.fileio import atomic_io, backend, trust
 from brs_detr.fileio.checkpoint import UntrustedCheckpointError
 from mmengine.model import BaseModel
 from mmengine.runner import CheckpointLoader, Runner, load_checkpoint, save_checkpoint
@@ -213,14 +213,14 @@ def test_corrupt_checkpoint_error_names_the_file(tmp_path):
 
 
 def test_torchvision_scheme_maps_to_verified_http_without_torchvision(tmp_path, monkeypatch):
-    import brs_detr.fileio.checkpoint as checkpoint_module
+    import brs_detr.zoo.loaders as loaders_module
     requested = []
 
     def fake_http(url, map_location=None, **kwargs):
         requested.append(url)
         return {}
 
-    monkeypatch.setattr(checkpoint_module, 'load_from_http_safe', fake_http)
+    monkeypatch.setattr(loaders_module, 'load_from_http_safe', fake_http)
     CheckpointLoader.load_checkpoint('torchvision://resnet50')
     assert requested == ['https://download.pytorch.org/models/resnet50-0676ba61.pth']
     with pytest.raises(KeyError, match='resnet50'):
@@ -278,8 +278,8 @@ def test_atomic_save_keeps_old_file_when_torch_save_fails(tmp_path, monkeypatch)
 
 def test_install_is_idempotent():
     from mmengine.fileio import get_file_backend
-    brs_detr.fileio.install()
-    brs_detr.fileio.install()
+    brs_detr.install_checkpoint_safety()
+    brs_detr.register_all_modules()
     assert CheckpointLoader._get_checkpoint_loader('/some/file.pth').__name__ == 'load_from_local_safe'
     assert CheckpointLoader._get_checkpoint_loader('https://host/x.pth').__name__ == 'load_from_http_safe'
-    assert isinstance(get_file_backend('/some/file.pth'), atomic_io.AtomicLocalBackend)
+    assert isinstance(get_file_backend('/some/file.pth'), backend.AtomicLocalBackend)

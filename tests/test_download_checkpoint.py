@@ -518,7 +518,7 @@ def test_http_loader_trusts_only_verified_downloads(server, tmp_path):
 def start_weights(config_file: str) -> tuple:
     """The weights a config starts from: its ``Pretrained`` init_cfg checkpoints and ``load_from``, as URLs
     (``torchvision://NAME`` resolved as brs_detr's loader does) or local paths."""
-    from brs_detr.fileio.checkpoint import TORCHVISION_URLS
+    from brs_detr.zoo.loaders import TORCHVISION_URLS
     from mmengine.config import Config
     cfg = Config.fromfile(config_file)
     inits = [cfg.model.get('init_cfg'), (cfg.model.get('backbone') or {}).get('init_cfg')]

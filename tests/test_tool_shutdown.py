@@ -22,7 +22,7 @@ SCRIPT = textwrap.dedent('''
     import atexit, os, sys
     import torch
     import torch.distributed as dist
-    from brs_detr.apis.launch import run_tool_main
+    from brs_detr.apis.cli import run_tool_main
 
     from mmengine.model import MMDistributedDataParallel
 

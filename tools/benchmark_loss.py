@@ -54,6 +54,7 @@ import sys
 from typing import Optional, Sequence
 
 from brs_detr.benchmarks.loss import DEFAULT_RATIOS, DEFAULT_SIZES, LOSSES, METRIC_TEXT, REGIMES, run_benchmark
+from brs_detr.known_warnings import ignore_known_warnings
 
 
 def _positive_int(text: str) -> int:
@@ -136,4 +137,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
     sys.exit(main())

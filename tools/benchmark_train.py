@@ -47,14 +47,13 @@ few minutes for all three on a 2-core CPU; pass ``--img-size 800 1333`` for the 
 import argparse
 from typing import List, Optional
 
-import torch
+from mmengine.config import DictAction
 
-from brs_detr.benchmarks.train import DEFAULT_IMG_SIZE, DEFAULT_TIME_MODULES, run_benchmarks
+from brs_detr.benchmarks.train import DEFAULT_IMG_SIZE, DEFAULT_TIME_MODULES
+from brs_detr.known_warnings import ignore_known_warnings
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
-    from mmengine.config import DictAction
-
     parser = argparse.ArgumentParser(
         description=__doc__.split('\n\n')[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -79,8 +78,10 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0 or args.batch < 1:
         parser.error('need --iters >= 1, --warmup >= 0, --batch >= 1')
-    if args.device == 'cuda' and not torch.cuda.is_available():
-        parser.error('--device cuda but CUDA is not available')
+    if args.device == 'cuda':
+        import torch
+        if not torch.cuda.is_available():
+            parser.error('--device cuda but CUDA is not available')
     if args.device == 'cuda' and args.metric == 'cpu':
         parser.error('--metric cpu measures host CPU time: use --metric wall with --device cuda')
     if args.threads is not None and args.threads < 1:
@@ -90,10 +91,14 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
+    import torch  # after parsing: --help and bad arguments answer at once
+
+    from brs_detr.benchmarks.train import run_benchmarks
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     run_benchmarks(args)
 
 
 if __name__ == '__main__':
+    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
     main()

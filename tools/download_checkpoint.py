@@ -24,13 +24,14 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout without install
 
+from brs_detr.fileio.atomic_io import atomic_write_text  # noqa: E402
+from brs_detr.fileio.trust import manifest_path, record_trusted_file  # noqa: E402
+from brs_detr.known_warnings import ignore_known_warnings  # noqa: E402
 from brs_detr.zoo import known_hashes  # noqa: E402
 from brs_detr.zoo.download import DownloadError  # noqa: E402
 from brs_detr.zoo.index import (DEFAULT_INDEX, ModelZooError, format_table, get_entry, load_index,  # noqa: E402
-                                      markdown_table, readme_link_prefix, replace_readme_table, table_rows)
-from brs_detr.fileio.atomic_io import atomic_write_text  # noqa: E402
-from brs_detr.fileio.trust import manifest_path, record_trusted_file  # noqa: E402
-from brs_detr.zoo import InstallOptions, ZooInstallError, install_entry  # noqa: E402
+                                markdown_table, readme_link_prefix, replace_readme_table, table_rows)
+from brs_detr.zoo.install import InstallOptions, ZooInstallError, install_entry  # noqa: E402
 
 DEFAULT_DEST = osp.join(osp.dirname(DEFAULT_INDEX))
 REPO_ROOT = osp.dirname(DEFAULT_DEST)
@@ -127,4 +128,5 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
+    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
     sys.exit(main())

@@ -13,6 +13,7 @@ import sys
 from typing import Optional, Sequence
 
 from brs_detr.datasets.toy_coco import DEFAULT_CLASSES, IMAGE_EXTENSIONS, SHAPE_KINDS, make_toy_coco
+from brs_detr.known_warnings import ignore_known_warnings
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -46,4 +47,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
     sys.exit(main())

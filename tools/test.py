@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from brs_detr.apis.launch import add_launch_arguments, parse_tool_args, run_tool_main
+from brs_detr.apis.cli import add_launch_arguments, parse_tool_args, run_tool_main
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -34,8 +34,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)  # before the heavy imports: --help and bad arguments answer at once
     from brs_detr.apis.test import test
-    test(parse_args(argv))
+    test(args)
 
 
 if __name__ == '__main__':

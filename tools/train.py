@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from brs_detr.apis.launch import add_launch_arguments, parse_tool_args, run_tool_main
+from brs_detr.apis.cli import add_launch_arguments, parse_tool_args, run_tool_main
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -42,8 +42,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)  # before the heavy imports: --help and bad arguments answer at once
     from brs_detr.apis.train import train
-    train(parse_args(argv))
+    train(args)
 
 
 if __name__ == '__main__':

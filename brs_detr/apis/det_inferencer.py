@@ -256,7 +256,7 @@ class BRSDetInferencer(DetInferencer):
             self.visualizer.add_datasample(
                 name,
                 read_rgb(single_input),
-                pred,
+                pred.cpu().numpy(),  # the visualizer applies numpy functions to the boxes
                 show=show,
                 wait_time=wait_time,
                 draw_gt=False,

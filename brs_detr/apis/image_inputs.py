@@ -15,7 +15,7 @@ from typing import Dict, Iterable, List, Sequence
 
 import cv2
 
-from .launch import ToolInputError
+from .cli import ToolInputError
 
 #: Image file extensions looked for in folders and glob matches (mmdet's ``IMG_EXTENSIONS``, compared
 #: case-insensitively).

@@ -5,7 +5,7 @@ from typing import Optional
 
 import torch
 
-from .launch import ToolInputError
+from .cli import ToolInputError
 
 
 class DeviceError(ToolInputError):

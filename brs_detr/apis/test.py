@@ -12,13 +12,12 @@
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 from typing import Optional
 
 from mmengine.config import Config
 
 from brs_detr.engine.dist import setup_distributed_without_cuda
+from .cli import has_display
 from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
                      prepare_datasets, set_work_dir, warn)
 
@@ -50,13 +49,6 @@ def atomic_dump_metric(out_file_path: str):
             return {}
 
     return AtomicDumpDetResults(out_file_path=out_file_path)
-
-
-def has_display() -> bool:
-    """Whether a window can be opened (always assumed on non-POSIX systems)."""
-    if os.name != 'posix' or sys.platform == 'darwin':
-        return True
-    return bool(os.environ.get('DISPLAY') or os.environ.get('WAYLAND_DISPLAY'))
 
 
 def enable_visualization(cfg: Config, show: bool, show_dir: Optional[str], wait_time: float) -> None:

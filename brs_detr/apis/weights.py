@@ -3,8 +3,8 @@
 mmengine's inferencers load weights with ``strict=False``: weights of another model (another config, another
 number of classes) load "successfully", a log line lists the keys that did not fit, and the demo then draws the
 detections of a partly random network. Here the checkpoint's state dict is compared with the model's first (names
-and shapes, :func:`brs_detr.fileio.checkpoint.state_dict_fit`); any difference raises :class:`WeightsMismatchError`
-naming the keys, and only an exact fit is loaded.
+and shapes, :func:`brs_detr.engine.runner.checkpoint_fit.state_dict_fit`); any difference raises
+:class:`WeightsMismatchError` naming the keys, and only an exact fit is loaded.
 """
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ from typing import Any, Dict, Mapping, Optional
 import torch
 from torch import nn
 
-from brs_detr.engine import CheckpointFitError
-from brs_detr.fileio.checkpoint import state_dict_fit
+from brs_detr.engine.runner.checkpoint_fit import state_dict_fit
+from brs_detr.engine.runner.runner import CheckpointFitError
 
 #: Key prefix a DistributedDataParallel wrapper adds (removed before comparing, as mmengine does).
 DDP_PREFIX = re.compile(r'^module\.')

@@ -1,14 +1,14 @@
 """Loss benchmark: forward + backward time and peak memory of the ranking-based losses on the BRS paper's grid.
 
 Used by ``tools/benchmark_loss.py`` (which parses the command line); see ``docs/benchmark_loss.md``. This module
-schedules the grid: every (regime, L, m, loss) cell runs in a spawned worker process
-(:func:`~brs_detr.benchmarks.loss_worker.worker_main`), which is killed when its first call exceeds the cell's
+schedules the grid (:mod:`~brs_detr.benchmarks.loss_grid`): every (regime, L, m, loss) cell runs in a spawned worker
+process (:func:`~brs_detr.benchmarks.loss_worker.worker_main`), which is killed when its first call exceeds the cell's
 budget, so a slow pairwise cell cannot hang the run; larger cells of that loss and regime are then skipped. The
 results are written by :mod:`brs_detr.benchmarks.loss_report` (Markdown tables, the BRS / focal target
 verdict, a plot) and as raw JSON.
 
-The three modules import downward only: this one uses the report and the worker module, the report uses the
-worker module's definitions of the grid (:data:`LOSSES`, :data:`REGIMES`, :class:`CellResult`).
+The modules import downward only: this one uses the report and (in the worker process only, it imports torch) the
+worker module; all three use the grid's definitions (:data:`LOSSES`, :data:`REGIMES`, :class:`CellResult`).
 """
 import argparse
 import json
@@ -20,9 +20,9 @@ from dataclasses import asdict
 from typing import Dict, List, Optional, Tuple
 
 from brs_detr.fileio.atomic_io import atomic_open, atomic_write_text
-from .loss_report import (METRIC_TEXT, mem_cell, ratio_label, render_markdown, render_png, render_target,
-                                    size_label, target_cells, time_cell)
-from .loss_worker import LOSSES, REGIMES, CellResult, num_positives, worker_main
+from .loss_grid import LOSSES, REGIMES, CellResult, num_positives
+from .loss_report import (METRIC_TEXT, mem_cell, ratio_label, render_markdown, render_png, render_target, size_label,
+                          target_cells, time_cell)
 
 __all__ = [
     'LOSSES', 'REGIMES', 'METRIC_TEXT', 'PAIRWISE', 'DEFAULT_SIZES', 'DEFAULT_RATIOS', 'CellResult', 'run_grid',
@@ -50,6 +50,7 @@ class _Worker:
     def _ensure(self) -> None:
         if self._proc is not None and self._proc.is_alive():
             return
+        from .loss_worker import worker_main  # imports torch: only the worker needs it
         ctx = mp.get_context('spawn')
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=worker_main, args=(child, self._device, self._threads, self._malloc),

@@ -1,7 +1,7 @@
 """Loss benchmark, output side: Markdown tables, the BRS / focal target verdict and the plot.
 
 Used by :mod:`brs_detr.benchmarks.loss` (``tools/benchmark_loss.py``, see ``docs/benchmark_loss.md``). Every
-function takes the :class:`~brs_detr.benchmarks.loss_worker.CellResult` list of a run and the parsed command
+function takes the :class:`~brs_detr.benchmarks.loss_grid.CellResult` list of a run and the parsed command
 line (``regimes``, ``sizes``, ``ratios``, ``losses``, ``metric``, the budgets and the target options).
 """
 import math
@@ -12,7 +12,7 @@ import statistics
 from typing import List, Optional, Sequence
 
 from brs_detr.fileio.atomic_io import atomic_open
-from .loss_worker import IOU_LOW, LOSSES, REGIME_TEXT, CellResult
+from .loss_grid import IOU_LOW, LOSSES, REGIME_TEXT, CellResult
 
 #: Ratio rows of the time table: (title, numerator key, denominator key).
 RATIOS = [

@@ -1,103 +1,27 @@
-"""Loss benchmark, worker side: the grid's cells, their inputs, and the process that times them.
+"""Loss benchmark, worker side: the cells' inputs and the process that times them.
 
 Used by :mod:`brs_detr.benchmarks.loss` (``tools/benchmark_loss.py``, see ``docs/benchmark_loss.md``), which
 starts :func:`worker_main` in a spawned process and sends it one cell at a time. The worker builds each loss from
 mmdet's MODELS registry, times forward + backward of one call on the cell's logits (a warm-up call, whose peak
 extra memory is measured, then timed repeats within the cell's budget) and sends back a :class:`CellResult`.
 
-Peak memory on CPU: torch's allocations are invisible to tracemalloc, so :class:`_CpuMemoryProbe` measures the
-process's resident set (``malloc_trim``, then the kernel's peak-RSS counter reset through ``/proc/self/clear_refs``;
-Linux only). On CUDA :class:`_CudaMemoryProbe` reads ``torch.cuda.max_memory_allocated``.
+The grid itself (losses, regimes, :class:`CellResult`) is :mod:`brs_detr.benchmarks.loss_grid`; peak memory is
+measured by :class:`~brs_detr.benchmarks.memory.PeakMemoryMeter` (CPU: the process's peak RSS, Linux only; CUDA:
+``torch.cuda.max_memory_allocated``).
 """
-import ctypes
-import ctypes.util
 import gc
 import math
 import statistics
-import sys
 import time
-import zlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor
 
-
-@dataclass(frozen=True)
-class LossSpec:
-    """One row of the benchmark.
-
-    Attributes:
-        title (str): Row name in the table.
-        cfg (dict): mmdet MODELS config of the loss.
-        binary_targets (bool): Targets are 1 for positives (AP, BAP, focal) instead of IoUs.
-    """
-    title: str
-    cfg: dict
-    binary_targets: bool
-
-
-#: Losses by command-line key, in table order.
-LOSSES: Dict[str, LossSpec] = {
-    'focal': LossSpec('focal (mmdet sigmoid)', dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25),
-                      True),
-    'rs': LossSpec('RS (pairwise)', dict(type='RankSortLoss', delta=0.5, method='pairwise'), False),
-    'rs_exact': LossSpec('RS exact', dict(type='RankSortLoss', delta=0.5, method='exact'), False),
-    'brs': LossSpec('BRS', dict(type='BucketedRankSortLoss', delta=0.5), False),
-    'ap': LossSpec('AP (pairwise)', dict(type='APLoss', delta=1.0, method='pairwise'), True),
-    'ap_exact': LossSpec('AP exact', dict(type='APLoss', delta=1.0, method='exact'), True),
-    'bap': LossSpec('BAP', dict(type='BucketedAPLoss', delta=1.0), True),
-}
-
-#: Logit generators: (negative mean, negative std, positive mean, positive std).
-REGIMES: Dict[str, Tuple[float, float, float, float]] = {
-    'early': (0.0, 1.0, 0.0, 1.0),
-    'trained': (-3.0, 1.5, 1.0, 1.5),
-}
-REGIME_TEXT = {
-    'early': 'all logits N(0, 1)',
-    'trained': 'negatives N(-3, 1.5), positives N(1, 1.5)',
-}
-
-#: Lower end of the positives' IoU targets (uniform in (IOU_LOW, 1]).
-IOU_LOW = 0.1
-MIB = 1024 * 1024
-
-
-@dataclass
-class CellResult:
-    """Measurement of one (regime, size, ratio, loss) cell.
-
-    ``status`` is ``ok``, ``over_budget`` (first call killed after the budget), ``skipped`` (a smaller cell of
-    the same loss and regime was over budget) or ``failed`` (the worker crashed or the loss raised).
-    """
-    regime: str
-    size: int
-    ratio: float
-    loss: str
-    num_pos: int
-    budget_s: float = 0.0
-    status: str = 'ok'
-    median_ms: Optional[float] = None
-    median_cpu_ms: Optional[float] = None
-    first_ms: Optional[float] = None
-    times_ms: List[float] = field(default_factory=list)
-    cpu_ms: List[float] = field(default_factory=list)
-    peak_mib: Optional[float] = None
-    loss_values: Dict[str, float] = field(default_factory=dict)
-    error: str = ''
-    load1: Optional[float] = None
-
-
-def cell_seed(seed: int, regime: str, size: int, ratio: float) -> int:
-    """Deterministic seed of one grid cell (the same inputs for every loss of the cell)."""
-    return (seed * 1_000_003 + zlib.crc32(f'{regime}/{size}/{ratio!r}'.encode())) % (2 ** 63)
-
-
-def num_positives(size: int, ratio: float) -> int:
-    """Number of positives of a cell: ``round(size * ratio)``, at least 1."""
-    return max(1, int(round(size * ratio)))
+from brs_detr.known_warnings import ignore_known_warnings
+from .loss_grid import IOU_LOW, LOSSES, REGIMES, CellResult, cell_seed, num_positives
+from .memory import MIB, PeakMemoryMeter, libc_function
 
 
 def make_inputs(regime: str, size: int, ratio: float, seed: int) -> Tuple[Tensor, Tensor, Tensor]:
@@ -119,74 +43,6 @@ def make_inputs(regime: str, size: int, ratio: float, seed: int) -> Tuple[Tensor
     return logits, targets, is_pos.float()
 
 
-def _libc_function(name: str) -> Optional[Callable]:
-    """A function of the C library (``malloc_trim``, ``mallopt``: glibc only), or None where it has none."""
-    try:
-        return getattr(ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6'), name)
-    except (OSError, AttributeError):
-        return None
-
-
-class _CpuMemoryProbe:
-    """Peak extra resident memory of a call on Linux, via ``/proc/self/clear_refs`` and ``/proc/self/status``."""
-
-    available = True
-
-    def __init__(self) -> None:
-        try:
-            with open('/proc/self/clear_refs', 'w') as f:
-                f.write('5')
-            self._read('VmHWM')
-        except OSError:
-            self.available = False
-        self._malloc_trim = _libc_function('malloc_trim')
-
-    @staticmethod
-    def _read(key: str) -> int:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith(key + ':'):
-                    return int(line.split()[1]) * 1024
-        raise OSError(f'{key} not in /proc/self/status')
-
-    def start(self) -> None:
-        gc.collect()
-        if self._malloc_trim is not None:
-            self._malloc_trim(0)
-        with open('/proc/self/clear_refs', 'w') as f:
-            f.write('5')  # reset the peak resident set size (VmHWM) to the current one
-        self._base = self._read('VmRSS')
-
-    def stop(self) -> float:
-        return (self._read('VmHWM') - self._base) / MIB
-
-
-class _CudaMemoryProbe:
-    available = True
-
-    def __init__(self, device: torch.device) -> None:
-        self._device = device
-
-    def start(self) -> None:
-        torch.cuda.synchronize(self._device)
-        self._base = torch.cuda.memory_allocated(self._device)
-        torch.cuda.reset_peak_memory_stats(self._device)
-
-    def stop(self) -> float:
-        torch.cuda.synchronize(self._device)
-        return (torch.cuda.max_memory_allocated(self._device) - self._base) / MIB
-
-
-class _NoMemoryProbe:
-    available = False
-
-    def start(self) -> None:
-        pass
-
-    def stop(self) -> float:
-        return float('nan')
-
-
 #: glibc ``mallopt`` parameters and values of ``--malloc keep``: freed memory stays in the process (trimmed only by
 #: the memory probe's explicit ``malloc_trim``), blocks up to 32 MiB come from the heap instead of fresh mappings.
 _MALLOC_KEEP = {'M_TRIM_THRESHOLD': (-1, 1 << 30), 'M_MMAP_THRESHOLD': (-3, 1 << 25)}
@@ -194,7 +50,7 @@ _MALLOC_KEEP = {'M_TRIM_THRESHOLD': (-1, 1 << 30), 'M_MMAP_THRESHOLD': (-3, 1 <<
 
 def _keep_freed_memory() -> str:
     """Ask glibc to keep freed memory (``--malloc keep``); returns a description, or why it could not."""
-    mallopt = _libc_function('mallopt')
+    mallopt = libc_function('mallopt')
     if mallopt is None:
         return 'the C library default (no glibc mallopt)'
     done = [name for name, (param, value) in _MALLOC_KEEP.items() if mallopt(param, value) == 1]
@@ -207,26 +63,19 @@ class _Runner:
 
     def __init__(self, device: str, threads: Optional[int], malloc: str = 'keep') -> None:
         self.malloc = _keep_freed_memory() if malloc == 'keep' else 'glibc default'
-        import brs_detr  # noqa: F401  (registers the losses in mmdet's MODELS)
+        import brs_detr.models  # noqa: F401  (registers the losses in mmdet's MODELS)
         from mmdet.registry import MODELS
         if threads:
             torch.set_num_threads(threads)
         self.models = MODELS
         gc.freeze()  # the imported modules are permanent: later gc.collect() calls only scan the cells' objects
         self.device = torch.device(device)
-        if self.device.type == 'cuda':
-            self.probe = _CudaMemoryProbe(self.device)
-        elif sys.platform.startswith('linux'):
-            self.probe = _CpuMemoryProbe()
-            if not self.probe.available:
-                self.probe = _NoMemoryProbe()
-        else:
-            self.probe = _NoMemoryProbe()
+        self.memory = PeakMemoryMeter(self.device)
         self._cache_key = None
 
     def info(self) -> dict:
         info = dict(torch=torch.__version__, threads=torch.get_num_threads(), device=str(self.device),
-                    memory_method=type(self.probe).__name__, malloc=self.malloc)
+                    memory_method=self.memory.method, malloc=self.malloc)
         if self.device.type == 'cuda':
             info['device_name'] = torch.cuda.get_device_name(self.device)
         return info
@@ -275,14 +124,16 @@ class _Runner:
         repeat_budget = cell['repeat_seconds']
         conn.send(('start', None))
         # warm-up call: its memory is measured, its time decides how many repeats fit in the budget
-        self.probe.start()
+        self.memory.reset()
         self._sync()
         c0, t0 = time.process_time(), time.perf_counter()
         values = call()
         self._sync()
         first = time.perf_counter() - t0
         first_cpu = time.process_time() - c0
-        result.peak_mib = self.probe.stop() if self.probe.available else None
+        if self.memory.resettable:
+            peak, baseline = self.memory.read()
+            result.peak_mib = (peak - baseline) / MIB
         result.first_ms = first * 1e3
         result.loss_values = {k: float(v.detach()) for k, v in values.items()}
         if not all(math.isfinite(v) for v in result.loss_values.values()):
@@ -316,6 +167,7 @@ def worker_main(conn, device: str, threads: Optional[int], malloc: str) -> None:
         threads (int, optional): torch intra-op threads (torch's default when None).
         malloc (str): ``'keep'`` (glibc keeps freed memory) or ``'default'``.
     """
+    ignore_known_warnings()  # a spawned process: the parent's warning filters do not reach it
     try:
         runner = _Runner(device, threads, malloc)
     except Exception as exc:  # reported to the parent, which raises it

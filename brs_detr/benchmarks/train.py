@@ -8,158 +8,30 @@ backward and the optimizer step, but no data loading.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import gc
 import logging
 import os
-import re
 import statistics
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence
 
-import torch
-from torch import nn
+from .memory import MIB
 
 #: Synthetic image size (H, W) when none is given: small enough that the R50 Co-DETR, RS-DETR and BRS-DETR configs
 #: finish a default run in a few minutes on a 2-core CPU, large enough that every feature level is non-trivial.
 DEFAULT_IMG_SIZE = (320, 320)
 #: Default regex of the submodules whose forward is timed: every ``loss_*`` module.
 DEFAULT_TIME_MODULES = r'(^|\.)loss_\w+$'
-MIB = 2**20
 #: What a time is measured in: wall-clock seconds, or CPU seconds of this process (all its threads), which other
 #: jobs on a shared machine disturb far less (use one thread for comparable numbers).
 CLOCKS: Dict[str, Callable[[], float]] = dict(wall=time.perf_counter, cpu=time.process_time)
 
 
-class ModuleTimer:
-    """Accumulates the forward time of the submodules whose qualified name
-    matches ``pattern`` (outermost matches only, so nested matches are not
-    counted twice)."""
-
-    def __init__(self, model: nn.Module, pattern: str, device: torch.device,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        self.device = device
-        self.clock = clock
-        self.total = 0.0
-        self.names: List[str] = []
-        self._starts: Dict[int, float] = {}
-        self._handles = []
-        regex = re.compile(pattern)
-        matched: List[str] = []
-        for name, module in model.named_modules():
-            if not name or not regex.search(name):
-                continue
-            if any(name.startswith(parent + '.') for parent in matched):
-                continue
-            matched.append(name)
-            self._handles.append(
-                module.register_forward_pre_hook(self._pre_hook))
-            self._handles.append(module.register_forward_hook(self._post_hook))
-        self.names = matched
-
-    def _sync(self) -> None:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-
-    def _pre_hook(self, module: nn.Module, args) -> None:
-        self._sync()
-        self._starts[id(module)] = self.clock()
-
-    def _post_hook(self, module: nn.Module, args, output) -> None:
-        self._sync()
-        self.total += self.clock() - self._starts.pop(id(module))
-
-    def reset(self) -> None:
-        self.total = 0.0
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-
-
-class RankingLossTimer:
-    """Accumulates the time spent inside the ranking losses of ``model``, forward and backward.
-
-    Forward: pre/post forward hooks on every :class:`RankingLoss` submodule. Backward: the backward of the
-    losses' autograd Function is replaced by a timed wrapper until :meth:`remove` (restores it). On CUDA each
-    timing point synchronises ``device``.
-
-    Attributes:
-        names (list[str]): Qualified names of the ranking-loss modules.
-        forward (float): Seconds in their forward since the last :meth:`reset`.
-        backward (float): Seconds in the Function's backward since the last :meth:`reset`.
-        forward_calls, backward_calls (int): Calls since the last :meth:`reset`.
-    """
-
-    def __init__(self, model: nn.Module, device: torch.device,
-                 clock: Callable[[], float] = time.perf_counter) -> None:
-        from brs_detr.models.losses import RankingLoss
-        # private on purpose: the tool times exactly the Function whose backward scatters the gradients
-        from brs_detr.models.losses.ranking_loss import _RankingLossFunction
-
-        self.device = device
-        self.clock = clock
-        self.names = [name for name, module in model.named_modules() if isinstance(module, RankingLoss)]
-        self._handles = []
-        self._starts: Dict[int, float] = {}
-        self.reset()
-        for name, module in model.named_modules():
-            if isinstance(module, RankingLoss):
-                self._handles.append(module.register_forward_pre_hook(self._pre_hook))
-                self._handles.append(module.register_forward_hook(self._post_hook))
-        self._function = _RankingLossFunction
-        self._saved_backward = _RankingLossFunction.__dict__['backward']
-        self._function.backward = staticmethod(self._timed(_RankingLossFunction.backward))
-
-    def _sync(self) -> None:
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-
-    def _timed(self, backward: Callable) -> Callable:
-        def timed_backward(ctx, *grads):
-            self._sync()
-            start = self.clock()
-            try:
-                return backward(ctx, *grads)
-            finally:
-                self._sync()
-                self.backward += self.clock() - start
-                self.backward_calls += 1
-        return timed_backward
-
-    def _pre_hook(self, module: nn.Module, args) -> None:
-        self._sync()
-        self._starts[id(module)] = self.clock()
-
-    def _post_hook(self, module: nn.Module, args, output) -> None:
-        self._sync()
-        self.forward += self.clock() - self._starts.pop(id(module))
-        self.forward_calls += 1
-
-    @property
-    def total(self) -> float:
-        """Forward plus backward seconds since the last :meth:`reset`."""
-        return self.forward + self.backward
-
-    def reset(self) -> None:
-        self.forward = self.backward = 0.0
-        self.forward_calls = self.backward_calls = 0
-
-    def remove(self) -> None:
-        """Remove the hooks and restore the Function's backward."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles = []
-        if self._function is not None:
-            self._function.backward = self._saved_backward
-            self._function = None
-
-
 def synthetic_batch(batch: int, img_size, num_gts: int, num_classes: int,
                     generator: torch.Generator) -> dict:
     """Random uint8 images with random boxes, as a dataloader yields them."""
+    import torch
     from mmengine.structures import InstanceData
 
     from mmdet.structures import DetDataSample
@@ -188,80 +60,6 @@ def synthetic_batch(batch: int, img_size, num_gts: int, num_classes: int,
     return dict(inputs=inputs, data_samples=samples)
 
 
-class PeakMemoryMeter:
-    """Peak memory of a stretch of work on ``device``, measured between :meth:`reset` and :meth:`read`.
-
-    * CUDA: the caching allocator's peak of allocated tensor memory (``torch.cuda.max_memory_allocated``) after
-      ``torch.cuda.reset_peak_memory_stats``.
-    * CPU (Linux): the process's peak resident set size (``VmHWM`` in ``/proc/self/status``), which
-      :meth:`reset` sets back to the current RSS by writing ``5`` to ``/proc/self/clear_refs``. Before that, Python
-      garbage is collected and glibc is asked to return free heap pages to the system (``malloc_trim``), so memory
-      freed by earlier work is not silently reused below the baseline. Where ``clear_refs`` is not writable the
-      peak cannot be reset and the process's lifetime peak (``ru_maxrss``) is reported instead
-      (``resettable`` False).
-
-    :meth:`read` returns ``(peak, baseline)`` in bytes: ``peak`` is the highest value seen since :meth:`reset`
-    (absolute: it includes the model, optimizer state and everything else the process holds), ``baseline`` the
-    value at :meth:`reset`; ``peak - baseline`` is the extra memory of the measured work (activations, gradients,
-    temporaries).
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.device = device
-        self.resettable = True
-        self._baseline = 0
-        self._libc = None
-        if device.type == 'cpu':
-            libc_name = ctypes.util.find_library('c')
-            try:
-                self._libc = ctypes.CDLL(libc_name) if libc_name else None
-            except OSError:
-                self._libc = None
-
-    @staticmethod
-    def _status_bytes(field: str) -> Optional[int]:
-        try:
-            with open('/proc/self/status') as status:
-                for line in status:
-                    if line.startswith(field + ':'):
-                        return int(line.split()[1]) * 1024  # reported in kB
-        except OSError:
-            return None
-        return None
-
-    def _release_free_memory(self) -> None:
-        gc.collect()
-        if self._libc is not None and hasattr(self._libc, 'malloc_trim'):
-            self._libc.malloc_trim(0)
-
-    def reset(self) -> None:
-        """Start a measurement: the current usage becomes the baseline and the peak."""
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-            self._baseline = torch.cuda.memory_allocated(self.device)
-            return
-        self._release_free_memory()
-        try:
-            with open('/proc/self/clear_refs', 'w') as clear_refs:
-                clear_refs.write('5')
-        except OSError:
-            self.resettable = False
-        self._baseline = self._status_bytes('VmRSS') or 0
-
-    def read(self) -> Tuple[int, int]:
-        """``(peak, baseline)`` in bytes since the last :meth:`reset`."""
-        if self.device.type == 'cuda':
-            torch.cuda.synchronize(self.device)
-            return torch.cuda.max_memory_allocated(self.device), self._baseline
-        peak = self._status_bytes('VmHWM') if self.resettable else None
-        if peak is None:
-            import resource
-            self.resettable = False
-            peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # kB on Linux
-        return peak, self._baseline
-
-
 def _load_average() -> Optional[float]:
     """The 1-minute load average of the machine (None where the OS has none)."""
     try:
@@ -285,11 +83,12 @@ def build_training(config: str, cfg_options: Optional[dict], device: torch.devic
     Returns:
         tuple: ``(cfg, model, optim_wrapper)``.
     """
+    import torch
     from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
 
-    import brs_detr  # noqa: F401  (registers the project's modules)
+    import brs_detr.models  # noqa: F401  (registers the project's models)
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
 
@@ -348,6 +147,11 @@ def benchmark(config: str, iters: int = 10, warmup: int = 2, device: str = 'cpu'
     Raises:
         RuntimeError: A non-finite loss, or ranking-loss backward calls outside the modules.
     """
+    import torch
+
+    from .memory import PeakMemoryMeter
+    from .timers import ModuleTimer, RankingLossTimer
+
     torch_device = torch.device(device)
     cfg, model, optim_wrapper = build_training(config, cfg_options, torch_device)
     num_classes = _num_classes(cfg)
@@ -456,6 +260,8 @@ def format_table(rows: List[dict]) -> List[str]:
 def format_header(rows: List[dict], iters: int, warmup: int, batch: int, img_size: Sequence[int],
                   device: str, metric: str = 'wall') -> str:
     """The line above the table: what was run, on what, under which machine load."""
+    import torch
+
     height, width = img_size
     loads = [load for row in rows for load in row['load'] if load is not None]
     load = (f', 1-min load average {min(loads):.2f}..{max(loads):.2f} on {os.cpu_count()} CPUs' if loads else '')

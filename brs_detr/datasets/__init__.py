@@ -1,9 +1,15 @@
-"""Dataset checks run before training/testing, and an image loader whose errors name the image and its source."""
-from .coco_check import CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file
-from .data_check import check_datasets, name_images_in_load_errors
-from .transforms import CheckedLoadImageFromFile, ImageLoadError
+"""Data: checks run before training/testing, an image loader whose errors name the image and its source, and the
+toy COCO generator (:mod:`~brs_detr.datasets.toy_coco`, behind ``tools/make_toy_coco.py``).
 
-__all__ = [
-    'CocoCheckReport', 'DataCheckError', 'DataCheckPolicy', 'check_coco_file', 'check_datasets',
-    'name_images_in_load_errors', 'CheckedLoadImageFromFile', 'ImageLoadError'
-]
+Names are imported on first access; importing :mod:`brs_detr.datasets.transforms` registers
+:class:`CheckedLoadImageFromFile` in mmdet's TRANSFORMS (:func:`brs_detr.register_all_modules` does).
+"""
+from brs_detr.lazy_import import lazy_exports
+
+_EXPORTS = {
+    '.coco_check': ['CocoCheckReport', 'DataCheckError', 'DataCheckPolicy', 'check_coco_file'],
+    '.data_check': ['check_datasets', 'name_images_in_load_errors'],
+    '.transforms': ['CheckedLoadImageFromFile', 'ImageLoadError'],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -1,13 +1,15 @@
 """Training runtime: crash-safe checkpoints, exactly resumable loops, the non-finite loss guard, process groups.
 
-Importing it registers :class:`~brs_detr.engine.hooks.CrashSafeCheckpointHook`,
-:class:`~brs_detr.engine.hooks.NonFiniteLossHook`, :class:`~brs_detr.engine.runner.ResumableEpochBasedTrainLoop`
-and :class:`~brs_detr.engine.runner.ReliableRunner` in mmdet's registries.
+Importing :mod:`brs_detr.engine.hooks` and :mod:`brs_detr.engine.runner` registers
+:class:`~brs_detr.engine.hooks.CrashSafeCheckpointHook`, :class:`~brs_detr.engine.hooks.NonFiniteLossHook`,
+:class:`~brs_detr.engine.runner.ResumableEpochBasedTrainLoop` and :class:`~brs_detr.engine.runner.ReliableRunner`
+in mmdet's registries (:func:`brs_detr.register_all_modules` does). The names below are imported on first access.
 """
-from .hooks import CrashSafeCheckpointHook, NonFiniteError, NonFiniteLossHook
-from .runner import CheckpointFitError, ReliableRunner, ResumableEpochBasedTrainLoop, find_resumable_checkpoint
+from brs_detr.lazy_import import lazy_exports
 
-__all__ = [
-    'CrashSafeCheckpointHook', 'NonFiniteError', 'NonFiniteLossHook', 'CheckpointFitError', 'ReliableRunner',
-    'ResumableEpochBasedTrainLoop', 'find_resumable_checkpoint'
-]
+_EXPORTS = {
+    '.hooks': ['CrashSafeCheckpointHook', 'NonFiniteError', 'NonFiniteLossHook'],
+    '.runner': ['CheckpointFitError', 'ReliableRunner', 'ResumableEpochBasedTrainLoop', 'find_resumable_checkpoint'],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

@@ -1,4 +1,4 @@
-"""Atomic file writing and an atomic drop-in for mmengine's local file backend.
+"""Atomic file writing: a crash never leaves a truncated file behind.
 
 A checkpoint written in place (``open(path, 'wb')``) is truncated first; a crash, a full disk or a
 killed job in the middle of the write leaves a half-written ``epoch_N.pth`` that later breaks
@@ -14,8 +14,6 @@ import os.path as osp
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable, Iterator, Optional, Union
-
-from mmengine.fileio.backends import LocalBackend
 
 PathLike = Union[str, Path]
 
@@ -120,37 +118,3 @@ def atomic_torch_save(obj: Any, path: PathLike, save_fn: Optional[Callable[[Any,
         save_fn = torch.save
     with atomic_open(path, 'wb') as file:
         save_fn(obj, file)
-
-
-class AtomicLocalBackend(LocalBackend):
-    """mmengine's :class:`~mmengine.fileio.LocalBackend` with atomic ``put`` and ``put_text``.
-
-    What changed: mmengine's version opens the destination with ``'wb'`` and writes into it, so a
-    crash mid-write leaves a truncated file. Here both go through :func:`atomic_open`.
-    ``Runner.save_checkpoint`` -> ``mmengine.runner.save_checkpoint`` -> ``get_file_backend(filename).put``
-    reaches this class once it is registered as the ``'local'`` backend (see
-    :func:`brs_detr.fileio.checkpoint.install`).
-
-    Every ``.pth`` file written through ``put`` (i.e. a checkpoint the user's own Runner saved) is
-    also recorded, with its sha256, in the trust manifest of its directory, so that resuming from
-    it later can unpickle the Runner's metadata (see :mod:`brs_detr.fileio.trust`).
-    """
-
-    #: File suffixes recorded in the trust manifest when written through :meth:`put`.
-    trusted_suffixes = ('.pth',)
-
-    def put(self, obj: bytes, filepath: PathLike) -> None:
-        """Atomically write bytes to ``filepath`` (creating its directory)."""
-        filepath = str(filepath)
-        atomic_write_bytes(obj, filepath)
-        if filepath.endswith(self.trusted_suffixes):
-            from .trust import record_trusted_file
-            try:
-                record_trusted_file(filepath, data=obj, source='written by mmengine Runner (brs_detr atomic backend)')
-            except OSError as error:  # a read-only manifest must not lose the checkpoint itself
-                import warnings
-                warnings.warn(f'Could not record {filepath} in its trust manifest: {error}')
-
-    def put_text(self, obj: str, filepath: PathLike, encoding: str = 'utf-8') -> None:
-        """Atomically write text to ``filepath`` (creating its directory)."""
-        atomic_write_text(obj, str(filepath), encoding=encoding)

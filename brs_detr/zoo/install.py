@@ -24,14 +24,12 @@ import sys
 from dataclasses import dataclass
 from typing import IO, Callable, Dict, Optional
 
-from brs_detr.zoo import known_hashes
-from brs_detr.zoo.download import (ChecksumError, DiskFullError, DownloadError, download_file, format_bytes,
-                                     move_aside)
-from brs_detr.zoo.index import (REPO_ROOT, STATUS_MANUAL, STATUS_NOT_RELEASED, config_path, entry_page,
-                                      entry_paths, entry_status, entry_url, expected_checksum)
 from brs_detr.fileio.file_lock import file_lock, lock_path_for
 from brs_detr.fileio.trust import brs_detr_home, record_trusted_file, sha256_file
-from .checkpoint_reader import checkpoint_format, describe_head
+from . import known_hashes
+from .download import ChecksumError, DiskFullError, DownloadError, download_file, format_bytes, move_aside
+from .index import (REPO_ROOT, STATUS_MANUAL, STATUS_NOT_RELEASED, config_path, entry_page, entry_paths, entry_status,
+                    entry_url, expected_checksum)
 
 #: Default destination of detector checkpoints.
 DEFAULT_DEST = osp.join(REPO_ROOT, 'checkpoints')
@@ -112,6 +110,7 @@ def _expected(entry: dict, url: str, options: InstallOptions) -> Dict[str, Optio
 
 
 def _reject_if_not_checkpoint(path: str, url: Optional[str]) -> None:
+    from .checkpoint_reader import checkpoint_format, describe_head  # imports torch
     if checkpoint_format(path) is not None:
         return
     head = describe_head(path)

@@ -27,6 +27,7 @@ import sys
 from typing import Optional, Sequence
 
 from brs_detr.analysis.logs import LogError, cal_train_time, plot_curve
+from brs_detr.known_warnings import ignore_known_warnings
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -56,4 +57,5 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
+    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
     main()

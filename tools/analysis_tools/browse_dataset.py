@@ -15,10 +15,8 @@ import argparse
 from typing import Optional, Sequence
 
 from mmengine.config import DictAction
-from mmengine.logging import print_log
 
-from brs_detr.apis import browse_dataset, has_display
-from brs_detr.apis.launch import load_config, run_tool_main
+from brs_detr.apis.cli import has_display, run_tool_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,6 +38,11 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.max_samples is not None and args.max_samples < 1:
         parser.error(f'--max-samples must be at least 1, got {args.max_samples}')
+    from mmengine.logging import print_log
+
+    from brs_detr.apis.dataset_browser import browse_dataset
+    from brs_detr.apis.launch import load_config
+
     show = not args.not_show
     if show and not has_display():
         if args.output_dir is None:

@@ -58,7 +58,7 @@ class CrashSafeCheckpointHook(CheckpointHook):
       never read by anything) are removed.
 
     The checkpoint files themselves are written atomically by brs_detr's local file backend
-    (:class:`brs_detr.fileio.atomic_io.AtomicLocalBackend`). A checkpoint kept because the run was killed between
+    (:class:`brs_detr.fileio.backend.AtomicLocalBackend`). A checkpoint kept because the run was killed between
     the save and the removal stays on disk (it is not tracked for removal any more).
     """
 

@@ -15,7 +15,8 @@ from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_mod
 from mmdet.registry import RUNNERS
 
 from brs_detr.fileio.atomic_io import atomic_write_text
-from brs_detr.fileio.checkpoint import CheckpointReadError, check_checkpoint_readable, state_dict_fit
+from brs_detr.fileio.checkpoint import CheckpointReadError, check_checkpoint_readable
+from .checkpoint_fit import state_dict_fit
 
 #: File in the work_dir naming the latest checkpoint (written by the CheckpointHook).
 LAST_CHECKPOINT_MARKER = 'last_checkpoint'

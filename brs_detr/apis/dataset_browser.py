@@ -30,13 +30,13 @@ def build_visualizer(cfg: Config, dataset_meta: dict) -> DetLocalVisualizer:
 
 def sample_image_and_gt(item: dict) -> tuple:
     """The pipeline output of one sample as an RGB image (H, W, 3) and a data sample whose ``gt_instances`` hold
-    plain box tensors and boolean masks (what the visualizer draws)."""
+    plain box arrays and boolean masks (what the visualizer draws: numpy, whose functions it applies to them)."""
     image = item['inputs'].permute(1, 2, 0).numpy()[..., ::-1]  # (C, H, W) BGR -> (H, W, C) RGB
     data_sample: DetDataSample = item['data_samples'].numpy()
     gt_instances = data_sample.gt_instances
     bboxes = gt_instances.get('bboxes', None)
     if isinstance(bboxes, BaseBoxes):
-        gt_instances.bboxes = bboxes.tensor
+        gt_instances.bboxes = bboxes.numpy()
     masks = gt_instances.get('masks', None)
     if masks is not None:
         gt_instances.masks = mask2ndarray(masks).astype(bool)

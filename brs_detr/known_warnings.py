@@ -1,0 +1,40 @@
+"""Warnings of the third-party stack that are known, harmless and not ours to fix; the tools do not print them.
+
+Each entry is a warning filter in pytest's ``filterwarnings`` syntax (``action:message:category:module``: the start
+of the message, a regular expression, and the module the warning is attributed to). ``pyproject.toml`` lists the
+same entries for the test suite, after making any warning raised from brs_detr an error
+(``tests/test_tool_start.py`` checks that the two lists agree). :func:`ignore_known_warnings` applies them in a tool's
+process, unless the user chose warning filters (``python -W``, ``PYTHONWARNINGS``).
+"""
+import builtins
+import sys
+import warnings
+
+KNOWN_WARNINGS = (
+    # setuptools >= 80 warns on `import pkg_resources` (mmengine.utils.package_utils, and timm through importlib)
+    'ignore:pkg_resources is deprecated as an API:UserWarning:importlib',
+    'ignore:pkg_resources is deprecated as an API:UserWarning:mmengine.utils.package_utils',
+    # torch >= 2.10 deprecates TorchScript, which mmcv and mmdet use when they are imported
+    'ignore:`torch.jit.script` is deprecated:DeprecationWarning:torch.jit._script',
+    'ignore:`torch.jit.interface` is deprecated:DeprecationWarning:torch.jit._script',
+    # mmdet's ATSSHead/PAAHead build their layers with the deprecated AnchorHead.num_anchors
+    'ignore:DeprecationWarning. .num_anchors. is deprecated:UserWarning:mmdet.models.dense_heads.anchor_head',
+    # mmdet's Swin backbone logs with Logger.warn
+    "ignore:The 'warn' method is deprecated, use 'warning' instead:DeprecationWarning:mmdet.models.backbones.swin",
+    # pycocotools 2.0 under numpy 2 (RLE encoding and decoding of masks)
+    "ignore:__array__ implementation doesn't accept a copy keyword:DeprecationWarning:pycocotools.mask",
+    # mmengine's visualizer on boxes / polygons that leave the image (predictions of an untrained model)
+    'ignore:Warning. The bbox is out of bounds:UserWarning:mmengine.visualization.visualizer',
+    'ignore:Warning. The polygon is out of bounds:UserWarning:mmengine.visualization.visualizer',
+    # several Runners in one process each ask for the visualizer instance named by the config
+    'ignore:.* instance named of visualizer has been created:UserWarning:mmengine.utils.manager',
+)
+
+
+def ignore_known_warnings() -> None:
+    """Ignore the :data:`KNOWN_WARNINGS` in this process, unless ``-W`` / ``PYTHONWARNINGS`` set filters."""
+    if sys.warnoptions:
+        return
+    for entry in KNOWN_WARNINGS:
+        action, message, category, module = entry.split(':')
+        warnings.filterwarnings(action, message, getattr(builtins, category), module)
