@@ -1,13 +1,16 @@
 """Shared pytest fixtures: repository paths, the interpreter to run tools with, a toy COCO dataset, free ports."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import re
 import socket
 import sys
+import warnings
 from pathlib import Path
 from types import ModuleType
-from typing import Callable, Dict
+from typing import Callable, Dict, Iterator, Optional
 
 import pytest
 
@@ -24,6 +27,45 @@ CONFIGS_DIR = REPO_ROOT / 'configs'
 TOY_NUM_TRAIN = 8
 TOY_NUM_VAL = 4
 TOY_IMG_SIZE = (128, 128)
+
+
+@contextlib.contextmanager
+def brs_detr_warns(*patterns: str) -> Iterator[None]:
+    """Expect exactly one warning raised from brs_detr code per regex in ``patterns`` in the block.
+
+    Unlike ``pytest.warns``, the block's other warnings are passed on with the name of the module that raised them
+    (pytest.warns passes them on with a file path instead, which the module-specific filters of pyproject.toml
+    cannot match), so a known third-party warning stays ignored and any other warning still counts.
+    """
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        yield
+    package_dir = str(REPO_ROOT / 'brs_detr') + os.sep
+    ours = [str(w.message) for w in caught if w.filename.startswith(package_dir)]
+    unmatched = list(ours)
+    for pattern in patterns:
+        found = next((message for message in unmatched if re.search(pattern, message)), None)
+        assert found is not None, f'no brs_detr warning matches {pattern!r}; brs_detr warned: {ours}'
+        unmatched.remove(found)
+    assert not unmatched, f'unexpected brs_detr warnings: {unmatched}'
+    for w in caught:
+        if not w.filename.startswith(package_dir):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, module=_module_of(w.filename))
+
+
+def _module_of(filename: str) -> Optional[str]:
+    """The name of the imported module whose file is ``filename`` (what ``warnings`` attributes a warning to)."""
+    return next((name for name, module in list(sys.modules.items()) if getattr(module, '__file__', None) == filename),
+                None)
+
+
+#: A warning as Python prints it: ``path.py:LINE: CategoryWarning: message``.
+PYTHON_WARNING = re.compile(r'^\S+:\d+: \w*Warning: .*$', re.MULTILINE)
+
+
+def python_warnings(output: str) -> list:
+    """The warnings Python printed in a tool's output (the tools print none: brs_detr/known_warnings.py)."""
+    return PYTHON_WARNING.findall(output)
 
 
 def load_tool_module(name: str) -> ModuleType:

@@ -210,6 +210,7 @@ def test_resume_in_process_matches_uninterrupted(tmp_path, crash_at, num_workers
         assert torch.equal(value, resumed.model.state_dict()[key]), key
 
 
+@pytest.mark.filterwarnings('ignore:This DataLoader will create 3 worker processes:UserWarning')  # on purpose
 def test_augmentation_does_not_depend_on_the_number_of_workers(tmp_path):
     """The same seed trains to the same losses and weights with 0, 1 and 3 workers (3 workers share 4 batches an
     epoch unevenly), so each sample's random augmentation is the same wherever it is drawn."""

@@ -199,7 +199,7 @@ def test_atss_without_value_matching_keeps_weighted_giou():
     """value_matched_bbox=False: loss_bbox is the score-weighted mean GIoU loss times its loss_weight."""
     head = build_atss('RS', value_matched_bbox=False, loss_bbox=dict(type='GIoULoss', loss_weight=2.0))
     losses = head.loss(features(ATSS_STRIDES), batch_with_empty_image())
-    assert 0 < float(losses['loss_bbox']) <= 2 * 2.0  # GIoU loss lies in [0, 2]
+    assert 0 < losses['loss_bbox'].item() <= 2 * 2.0  # GIoU loss lies in [0, 2]
     assert not torch.isclose(losses['loss_bbox'], losses['loss_rank'] + losses['loss_sort'])
 
 

@@ -377,7 +377,7 @@ def test_score_weighted_mean_of_box_losses():
     torch.testing.assert_close(losses.grad, weights / weights.sum())
     empty = torch.zeros(0, requires_grad=True)
     nothing = weighted_mean(empty, torch.zeros(0))
-    assert float(nothing) == 0.0 and nothing.requires_grad
+    assert nothing.item() == 0.0 and nothing.requires_grad
 
 
 def test_ranking_targets_one_vs_all():

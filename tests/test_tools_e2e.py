@@ -17,7 +17,7 @@ from typing import Dict, List, Optional
 import pytest
 import torch
 
-from conftest import CONFIGS_DIR, TOOLS_DIR, TOY_NUM_TRAIN, TOY_NUM_VAL
+from conftest import CONFIGS_DIR, TOOLS_DIR, TOY_NUM_TRAIN, TOY_NUM_VAL, python_warnings
 
 CONFIG = CONFIGS_DIR / 'toy' / 'atss_r18-tiny_2xb2-12e_toy-coco.py'
 NUM_PROCS = 2
@@ -37,6 +37,7 @@ def run_tool(cmd: List[str], cwd: Path, env: Dict[str, str], expect_rc: Optional
     if expect_rc is not None and done.returncode != expect_rc:
         pytest.fail(f'{" ".join(map(str, cmd))} exited with {done.returncode}, expected {expect_rc}:\n'
                     f'{done.stdout[-6000:]}')
+    assert python_warnings(done.stdout) == [], f'{" ".join(map(str, cmd))} printed warnings'
     return done.stdout
 
 

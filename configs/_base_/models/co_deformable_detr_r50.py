@@ -62,7 +62,7 @@ model = dict(
         look_forward_twice=True,
         layer_cfg=dict(
             self_attn_cfg=dict(
-                embed_dims=embed_dims, num_heads=8, dropout=0.0,
+                embed_dims=embed_dims, num_heads=8, attn_drop=0.0,  # mmcv MultiheadAttention (dropout is deprecated)
                 batch_first=True),
             cross_attn_cfg=dict(
                 embed_dims=embed_dims, num_levels=4, dropout=0.0,
