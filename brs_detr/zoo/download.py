@@ -23,7 +23,6 @@ The body is streamed into ``<dst>.partial``, hashed on the fly, checked, fsynced
   a terminal, a plain line every :data:`PLAIN_REPORT_INTERVAL_S` seconds otherwise (log files, CI).
 """
 import errno
-import hashlib
 import html
 import http.client
 import http.cookiejar
@@ -38,6 +37,8 @@ import urllib.request
 from html.parser import HTMLParser
 from typing import IO, Callable, Dict, List, Optional, Tuple
 from urllib.parse import parse_qsl, urlencode, urljoin, urlsplit, urlunsplit
+
+from brs_detr.fileio.trust import sha256_file
 
 READ_CHUNK_BYTES = 1024 * 1024
 #: Refresh period of the progress bar on a terminal.
@@ -290,14 +291,6 @@ def _content_range(response) -> Tuple[Optional[int], Optional[int]]:
     return first, total
 
 
-def _sha256_of(path: str) -> 'hashlib._Hash':
-    digest = hashlib.sha256()
-    with open(path, 'rb') as file:
-        for chunk in iter(lambda: file.read(READ_CHUNK_BYTES), b''):
-            digest.update(chunk)
-    return digest
-
-
 def _disk_full(partial: str, url: str, total: Optional[int]) -> DiskFullError:
     kept = osp.getsize(partial) if osp.isfile(partial) else 0
     need = f' of {format_bytes(total)}' if total else ''
@@ -480,7 +473,7 @@ def download_file(url: str,
 
 
 def _verify_and_commit(partial: str, dst: str, url: str, sha256: Optional[str], hash_prefix: Optional[str]) -> str:
-    got = _sha256_of(partial).hexdigest()
+    got = sha256_file(partial)
     expected = sha256.lower() if sha256 else None
     prefix = hash_prefix.lower() if hash_prefix and not sha256 else None
     if (expected and got != expected) or (prefix and not got.startswith(prefix)):
