@@ -17,6 +17,9 @@ KNOWN_WARNINGS = (
     # torch >= 2.10 deprecates TorchScript, which mmcv and mmdet use when they are imported
     'ignore:`torch.jit.script` is deprecated:DeprecationWarning:torch.jit._script',
     'ignore:`torch.jit.interface` is deprecated:DeprecationWarning:torch.jit._script',
+    # mmdet's Deformable-DETR (reference points, proposals) and timm call torch.meshgrid without indexing=
+    'ignore:torch.meshgrid. in an upcoming release, it will be required to pass the indexing:UserWarning:'
+    'torch.functional',
     # mmdet's ATSSHead/PAAHead build their layers with the deprecated AnchorHead.num_anchors
     'ignore:DeprecationWarning. .num_anchors. is deprecated:UserWarning:mmdet.models.dense_heads.anchor_head',
     # mmdet's Swin backbone logs with Logger.warn
@@ -28,6 +31,11 @@ KNOWN_WARNINGS = (
     'ignore:Warning. The polygon is out of bounds:UserWarning:mmengine.visualization.visualizer',
     # several Runners in one process each ask for the visualizer instance named by the config
     'ignore:.* instance named of visualizer has been created:UserWarning:mmengine.utils.manager',
+    # distributed runs: mmengine sets OMP/MKL_NUM_THREADS=1 when unset and says so
+    'ignore:Setting (OMP|MKL)_NUM_THREADS environment variable for each process:UserWarning:'
+    'mmengine.utils.dl_utils.setup_env',
+    # torch 2.13's DistributedDataParallel deprecates broadcast_buffers, which mmengine's wrapper passes (False)
+    'ignore:`broadcast_buffers` is deprecated:FutureWarning:mmengine.model.wrappers.distributed',
 )
 
 

@@ -48,8 +48,8 @@ def register_all_modules(init_default_scope: bool = False) -> None:
     """Register brs_detr's modules in mmdet's registries and install its checkpoint safety (idempotent).
 
     Args:
-        init_default_scope: Also run mmdet's ``register_all_modules(init_default_scope=True)``, which makes
-            ``'mmdet'`` the default scope, for code that builds from configs without ``default_scope``.
+        init_default_scope: Also make ``'mmdet'`` mmengine's default scope (as mmdet's ``register_all_modules`` does),
+            for code that builds from configs without ``default_scope``.
     """
     global _registering
     with _lock:
@@ -63,8 +63,8 @@ def register_all_modules(init_default_scope: bool = False) -> None:
         finally:
             _registering = False
     if init_default_scope:
-        from mmdet.utils import register_all_modules as register_mmdet_modules
-        register_mmdet_modules(init_default_scope=True)
+        from mmengine.registry import init_default_scope as set_default_scope
+        set_default_scope('mmdet')
 
 
 def _register_on_first_lookup(registry_module: ModuleType) -> None:

@@ -5,11 +5,14 @@ absolute and relative, at module level and inside functions. The checks fail on
 
 * a circle between modules (``a`` imports ``b`` ... imports ``a``), naming the modules of the circle;
 * an import of a package from a package of the same or a higher layer of :data:`LAYERS` (e.g. ``fileio`` importing
-  ``zoo``, ``models`` importing ``engine``).
+  ``zoo``, ``models`` importing ``engine``);
+* a ``brs_detr.x.y`` name shown in README.md or docs/ that does not exist (after a module moved).
 """
 from __future__ import annotations
 
 import ast
+import importlib
+import re
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Set
 
@@ -236,3 +239,43 @@ def test_same_or_higher_layer_imports_are_violations(tmp_path, importer, importe
         f'{imported}/__init__.py': 'thing = 1\n',
     })
     assert len(layering_violations(import_graph(package))) == 1
+
+
+# ----------------------------------------------------------------------------- names the documentation shows
+DOC_FILES = ('README.md', 'checkpoints/README.md', 'docs/*.md')
+DOTTED_NAME = re.compile(r'\bbrs_detr(?:\.[A-Za-z_]\w*)+')
+
+
+def documented_names() -> List[str]:
+    """Every ``brs_detr.x.y`` the documentation mentions (file names such as ``brs_detr.md`` left out)."""
+    root = PACKAGE_DIR.parent
+    names = set()
+    for pattern in DOC_FILES:
+        for path in sorted(root.glob(pattern)):
+            names.update(name for name in DOTTED_NAME.findall(path.read_text(encoding='utf-8'))
+                          if name.rsplit('.', 1)[-1] not in ('md', 'py', 'json'))
+    return sorted(names)
+
+
+def test_the_names_in_the_docs_exist():
+    assert 'brs_detr.zoo.convert.convert_state_dict_for_config' in documented_names()
+    missing = []
+    for name in documented_names():
+        parts = name.split('.')
+        for split in range(len(parts), 0, -1):  # the longest importable module, then attributes
+            try:
+                target = importlib.import_module('.'.join(parts[:split]))
+            except ModuleNotFoundError:
+                continue
+            if not str(getattr(target, '__file__', '')).startswith(str(PACKAGE_DIR)):
+                missing.append(name)  # found elsewhere (another checkout's editable install)
+                break
+            try:
+                for attribute in parts[split:]:
+                    target = getattr(target, attribute)
+            except AttributeError:
+                missing.append(name)
+            break
+        else:
+            missing.append(name)
+    assert not missing, f'names in README.md / docs that do not exist: {missing}'

@@ -174,7 +174,8 @@ def isolated_state(tmp_path, monkeypatch):
 
 
 def sha256_of(path) -> str:
-    return hashlib.sha256(open(path, 'rb').read()).hexdigest()
+    with open(path, 'rb') as file:
+        return hashlib.sha256(file.read()).hexdigest()
 
 
 def write_index(path, entries) -> str:
@@ -393,7 +394,8 @@ def test_disk_full_keeps_the_partial_file_and_the_next_run_resumes(server, tmp_p
     err = capsys.readouterr().err
     partial = str(original(dest)) + '.partial'
     assert 'no space left on the device' in err and f'are kept in {partial}' in err and 'resume' in err
-    assert open(partial, 'rb').read() == data[:700]
+    with open(partial, 'rb') as file:
+        assert file.read() == data[:700]
     monkeypatch.setattr(download, '_open_partial', open_partial)  # space was freed
     assert run(['toy'], index, dest) == 0
     assert Handler.requests[-1] == ('/file/toy.pth', 'bytes=700-')
@@ -482,7 +484,8 @@ def test_list_table_shows_what_is_downloaded(tmp_path, capsys):
 @pytest.mark.parametrize('readme', ['README.md', 'checkpoints/README.md'])
 def test_readme_table_is_generated_from_the_index(readme):
     """Both READMEs show the zoo table generated from the index, with config links relative to their folder."""
-    text = open(osp.join(REPO_ROOT, readme), encoding='utf-8').read()
+    with open(osp.join(REPO_ROOT, readme), encoding='utf-8') as file:
+        text = file.read()
     block = text[text.index(README_TABLE_BEGIN) + len(README_TABLE_BEGIN):text.index(README_TABLE_END)]
     prefix = readme_link_prefix(osp.join(REPO_ROOT, readme), REPO_ROOT)
     assert prefix == ('' if readme == 'README.md' else '../')

@@ -208,7 +208,7 @@ def test_mask_rcnn_without_positives():
     data['inputs'], data['data_samples'] = data['inputs'][1:], data['data_samples'][1:]
     model.train_cfg.rcnn.sampler.add_gt_as_proposals = False
     losses = model(**model.data_preprocessor(data, training=True), mode='loss')
-    assert float(losses['loss_mask']) == 0.0
+    assert losses['loss_mask'].item() == 0.0
     sum(losses.values()).backward()
 
 

@@ -87,12 +87,12 @@ def build_training(config: str, cfg_options: Optional[dict], device: torch.devic
     from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
 
     import brs_detr.models  # noqa: F401  (registers the project's models)
     from mmdet.registry import MODELS
-    from mmdet.utils import register_all_modules
 
-    register_all_modules(init_default_scope=True)
+    init_default_scope('mmdet')
     # the per-parameter initialization report is not wanted here
     logging.getLogger('mmengine').setLevel(logging.WARNING)
     MMLogger.get_current_instance().setLevel(logging.WARNING)

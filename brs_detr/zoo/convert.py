@@ -46,8 +46,8 @@ def load_config(config: ConfigLike) -> Config:
         return config
     if not osp.isfile(config):
         raise ConversionError(f'config {config} does not exist')
-    from mmdet.utils import register_all_modules
-    register_all_modules(init_default_scope=True)
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmdet')  # the project's configs build from mmdet's registries
     return Config.fromfile(config)
 
 
