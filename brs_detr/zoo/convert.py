@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Union
 from mmengine.config import Config
 from torch import Tensor, nn
 
+from brs_detr.engine.runner.checkpoint_fit import state_dict_fit
 from brs_detr.fileio.atomic_io import atomic_torch_save
 from brs_detr.fileio.trust import sha256_file
 from brs_detr.models.detectors.co_detr_checkpoint import convert_co_detr_state_dict
@@ -125,20 +126,17 @@ def check_strict_load(model: nn.Module, state_dict: Mapping[str, Tensor], config
     Raises:
         ConversionError: Missing, unexpected or reshaped keys (listed, with :func:`mismatch_hints`).
     """
-    model_shapes, weight_shapes = shapes_of(model.state_dict()), shapes_of(state_dict)
-    missing = [key for key in model_shapes if key not in weight_shapes]
-    unexpected = [key for key in weight_shapes if key not in model_shapes]
-    reshaped = [f'{key} {weight_shapes[key]} vs {model_shapes[key]}' for key in weight_shapes
-                if key in model_shapes and weight_shapes[key] != model_shapes[key]]
-    if missing or unexpected or reshaped:
+    model_state = model.state_dict()
+    fit = state_dict_fit(model_state, state_dict)
+    if not fit.exact:
         lines = [f'the weights do not fit the model of {_config_name(config)}:']
-        for title, keys in (('missing in the weights', missing), ('not in the model', unexpected),
-                            ('shape (weights vs model)', reshaped)):
+        for title, keys in (('missing in the weights', fit.missing), ('not in the model', fit.unexpected),
+                            ('shape', fit.reshaped)):
             if keys:
                 lines.append(f'  {title} ({len(keys)}): {_listed(keys)}')
-        lines += [f'  likely cause: {hint}' for hint in mismatch_hints(model_shapes, weight_shapes)]
+        lines += [f'  likely cause: {hint}' for hint in mismatch_hints(shapes_of(model_state), shapes_of(state_dict))]
         raise ConversionError('\n'.join(lines))
-    if any(value.is_meta for value in model.state_dict().values()):
+    if any(value.is_meta for value in model_state.values()):
         return  # a model on the meta device holds no data: the names and shapes compared above are the whole check
     model.load_state_dict(state_dict, strict=True)
 
