@@ -42,7 +42,8 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
       raised otherwise); the weight of the query head is ``loss_cls.loss_weight`` (2.0 in BRS-DETR), the
       positive queries are further multiplied by ``lambda_1``.
     * The ranking losses normalise by their own positive count, so ``sync_cls_avg_factor``/``bg_cls_weight``
-      play no role.
+      play no role. Over several processes the box losses follow the ranking loss: each process's own batch by
+      default, the global batch with ``loss_cls.rank_across_processes`` (:class:`RankBasedLossMixin`).
     * Loss keys (Co-DETR's layout with the ranking loss's names): ``loss_rank``, ``loss_sort`` (RS/BRS),
       ``loss_bbox``, ``loss_iou`` for the last decoder layer, ``d{i}.loss_*`` for the others, ``enc_loss_*``
       for the encoder proposals and ``loss_*_aux`` / ``d{i}.loss_*_aux`` for the positive queries
@@ -140,13 +141,15 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
             box_weights = positive_score_weights(cls_logits[pos_mask])
         else:
             box_weights = pos_preds.new_ones(pos_preds.size(0))
+        across = self.box_losses_across_processes
         loss_l1 = self.loss_bbox(pos_preds, pos_targets, reduction_override='none').sum(dim=-1)
-        loss_l1 = weighted_mean(loss_l1, box_weights)
+        loss_l1 = weighted_mean(loss_l1, box_weights, across_processes=across)
         loss_giou = weighted_mean(self.loss_iou(pos_pred_boxes, pos_gt_boxes, reduction_override='none'),
-                                  box_weights)
+                                  box_weights, across_processes=across)
         if self.value_matched_bbox:
-            loss_l1 = value_matched(loss_l1, ranking_value)
-            loss_giou = value_matched(loss_giou, ranking_value)
+            global_ranking = self.loss_cls.rank_across_processes
+            loss_l1 = value_matched(loss_l1, ranking_value, across_processes=global_ranking)
+            loss_giou = value_matched(loss_giou, ranking_value, across_processes=global_ranking)
         losses['loss_bbox'] = loss_l1
         losses['loss_iou'] = loss_giou
         return losses

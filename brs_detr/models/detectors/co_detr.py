@@ -13,7 +13,8 @@ from mmdet.registry import MODELS
 from mmdet.structures import SampleList
 from mmdet.utils import ConfigType, OptConfigType
 
-from ..layers import CoDeformableDetrTransformerDecoder
+from ..layers import (CoDeformableDetrTransformerDecoder,
+                      CoDeformableDetrTransformerEncoder)
 
 EVAL_MODULES = ('detr', 'one-stage', 'two-stage')
 
@@ -46,6 +47,10 @@ class CoDETR(DeformableDETR):
       come from the top-k encoder proposals.
     * *Look forward twice* in the decoder
       (:class:`CoDeformableDetrTransformerDecoder`).
+    * Activation checkpointing of the encoder and decoder layers
+      (``encoder=dict(num_cp=...)``, ``decoder=dict(num_cp=...)``: the
+      number of leading layers; off by default) without fairscale, exact and
+      DDP-safe (:class:`CoDeformableDetrTransformerEncoder`).
     * The encoder memory, reshaped back into the 4 input levels plus one
       stride-2 level (``downsample``: 3x3 conv s2 + GroupNorm), feeds the
       auxiliary one-to-many heads: an RPN + RoI head (``rpn_head``,
@@ -163,10 +168,24 @@ class CoDETR(DeformableDETR):
         self.decoder = {
             key: value
             for key, value in decoder_cfg.items()
-            if key not in ('look_forward_twice', 'inverse_sigmoid_eps')
+            if key not in ('look_forward_twice', 'inverse_sigmoid_eps',
+                           'num_cp')
+        }
+        encoder_cfg = copy.deepcopy(self.encoder)
+        # mmdet's encoder would hand num_cp to fairscale; ours applies it
+        self.encoder = {
+            key: value
+            for key, value in encoder_cfg.items() if key != 'num_cp'
         }
         super()._init_layers()
         self.decoder = CoDeformableDetrTransformerDecoder(**decoder_cfg)
+        # the same layers with the checkpointing forward: built aside the
+        # global RNG (so every later init draws what it drew before) and
+        # given the weights mmdet's encoder was built with
+        with torch.random.fork_rng(devices=[]):
+            encoder = CoDeformableDetrTransformerEncoder(**encoder_cfg)
+        encoder.load_state_dict(self.encoder.state_dict())
+        self.encoder = encoder
         if self.as_two_stage and self.mixed_selection:
             self.query_embedding = nn.Embedding(self.num_queries,
                                                 self.embed_dims)
@@ -283,8 +302,11 @@ class CoDETR(DeformableDETR):
         for feat in img_feats:
             batch_size, _, height, width = feat.shape
             end = start + height * width
+            # contiguous: the slice-and-transpose view has other strides, and
+            # mmcv's RoIAlign reads its input as contiguous memory (with a
+            # view it pools the wrong features for every image but the first)
             maps.append(memory[:, start:end].transpose(1, 2).reshape(
-                batch_size, -1, height, width))
+                batch_size, -1, height, width).contiguous())
             start = end
         maps.append(self.downsample(maps[-1]))
         return tuple(maps)

@@ -1,4 +1,5 @@
 """Transformer layers of brs-detr."""
 from .co_deformable_detr_decoder import CoDeformableDetrTransformerDecoder
+from .co_deformable_detr_encoder import CoDeformableDetrTransformerEncoder
 
-__all__ = ['CoDeformableDetrTransformerDecoder']
+__all__ = ['CoDeformableDetrTransformerDecoder', 'CoDeformableDetrTransformerEncoder']

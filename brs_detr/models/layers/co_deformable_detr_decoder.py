@@ -7,6 +7,8 @@ from torch import Tensor, nn
 from mmdet.models.layers import DeformableDetrTransformerDecoder
 from mmdet.models.layers.transformer import inverse_sigmoid
 
+from .activation_checkpoint import check_num_cp, run_layer
+
 
 class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
     """Decoder of Co-Deformable-DETR.
@@ -20,11 +22,17 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
     reference used as input of the next layer stays detached, as in
     Deformable-DETR.
 
+    Added: ``num_cp`` activation checkpointing of the first layers, as
+    :class:`CoDeformableDetrTransformerEncoder` does for the encoder (exact;
+    the positive-query passes run the same checkpointed layers).
+
     Args:
         look_forward_twice (bool): Return the undetached refined references.
             Defaults to True.
         inverse_sigmoid_eps (float): ``eps`` of the inverse sigmoid used to
             refine the references. Defaults to 1e-5 (Deformable-DETR).
+        num_cp (int): Number of leading layers whose activations are
+            recomputed in backward; -1 (default) or 0 for none.
         **kwargs: Arguments of :class:`DeformableDetrTransformerDecoder`
             (``num_layers``, ``layer_cfg``, ``return_intermediate``...).
     """
@@ -33,10 +41,13 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
                  *args,
                  look_forward_twice: bool = True,
                  inverse_sigmoid_eps: float = 1e-5,
+                 num_cp: int = -1,
                  **kwargs) -> None:
         self.look_forward_twice = look_forward_twice
         self.inverse_sigmoid_eps = inverse_sigmoid_eps
         super().__init__(*args, **kwargs)
+        self.num_cp = check_num_cp(num_cp, self.num_layers,
+                                   type(self).__name__)
 
     def forward(self,
                 query: Tensor,
@@ -82,8 +93,10 @@ class CoDeformableDetrTransformerDecoder(DeformableDetrTransformerDecoder):
             else:
                 reference_points_input = \
                     reference_points[:, :, None] * valid_ratios[:, None]
-            output = layer(
-                output,
+            output = run_layer(
+                layer,
+                layer_id < self.num_cp,
+                query=output,
                 query_pos=query_pos,
                 value=value,
                 key_padding_mask=key_padding_mask,

@@ -19,14 +19,17 @@ class APLoss(RankingLoss):
         method (str): ``'exact'`` (prefix sums, ``O(N log P)``, default) or ``'pairwise'`` (``O(P N)``).
         interpolated (bool): Interpolated precision as in the released AP loss. Default False.
         block_elements (int): Pairwise elements held at once by blocked parts.
+        rank_across_processes (bool): Rank the global batch of all processes (see :class:`RankingLoss`).
+            Default False (each process ranks its own batch, as in the paper).
 
     Returns from ``forward``: ``{'loss_rank': Tensor}``.
     """
     loss_name = 'APLoss'
 
     def __init__(self, delta: float = 1.0, loss_weight: float = 1.0, method: str = 'exact',
-                 interpolated: bool = False, block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> None:
+                 interpolated: bool = False, block_elements: int = DEFAULT_BLOCK_ELEMENTS, rank_across_processes: bool = False) -> None:
         if method == 'bucketed':
             raise ValueError("APLoss: method='bucketed' is BucketedAPLoss; use method 'exact' or 'pairwise'")
         super().__init__(delta=delta, loss_weight=loss_weight, method=method, interpolated=interpolated,
-                         block_elements=block_elements)
+                         block_elements=block_elements,
+                         rank_across_processes=rank_across_processes)

@@ -15,11 +15,14 @@ class BucketedAPLoss(RankingLoss):
         delta (float): Smoothing of the step function (Eq. 2). Default 1.0.
         loss_weight (float): Multiplier of ``loss_rank``. Default 1.0.
         block_elements (int): Unused by the ranking part; kept for a uniform interface.
+        rank_across_processes (bool): Rank the global batch of all processes (see :class:`RankingLoss`).
+            Default False (each process ranks its own batch, as in the paper).
 
     Returns from ``forward``: ``{'loss_rank': Tensor}``.
     """
     loss_name = 'BucketedAPLoss'
 
     def __init__(self, delta: float = 1.0, loss_weight: float = 1.0,
-                 block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> None:
-        super().__init__(delta=delta, loss_weight=loss_weight, method='bucketed', block_elements=block_elements)
+                 block_elements: int = DEFAULT_BLOCK_ELEMENTS, rank_across_processes: bool = False) -> None:
+        super().__init__(delta=delta, loss_weight=loss_weight, method='bucketed', block_elements=block_elements,
+                         rank_across_processes=rank_across_processes)

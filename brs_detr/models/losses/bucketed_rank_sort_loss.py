@@ -21,12 +21,15 @@ class BucketedRankSortLoss(RankingLoss):
         delta (float): Smoothing of the step function (Eq. 2). Default 0.5.
         loss_weight (float): Multiplier of ``loss_rank`` and ``loss_sort``. Default 1.0.
         block_elements (int): Pairwise elements held at once by the positive-pair (sorting) blocks.
+        rank_across_processes (bool): Rank the global batch of all processes (see :class:`RankingLoss`).
+            Default False (each process ranks its own batch, as in the paper).
 
     Returns from ``forward``: ``{'loss_rank': Tensor, 'loss_sort': Tensor}``.
     """
     loss_name = 'BucketedRankSortLoss'
 
     def __init__(self, delta: float = 0.5, loss_weight: float = 1.0,
-                 block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> None:
+                 block_elements: int = DEFAULT_BLOCK_ELEMENTS, rank_across_processes: bool = False) -> None:
         super().__init__(delta=delta, loss_weight=loss_weight, method='bucketed', with_sort=True,
-                         block_elements=block_elements)
+                         block_elements=block_elements,
+                         rank_across_processes=rank_across_processes)

@@ -18,15 +18,18 @@ class RankSortLoss(RankingLoss):
         loss_weight (float): Multiplier of ``loss_rank`` and ``loss_sort``. Default 1.0.
         method (str): ``'exact'`` or ``'pairwise'``. Default ``'exact'``.
         block_elements (int): Pairwise elements held at once by blocked parts.
+        rank_across_processes (bool): Rank the global batch of all processes (see :class:`RankingLoss`).
+            Default False (each process ranks its own batch, as in the paper).
 
     Returns from ``forward``: ``{'loss_rank': Tensor, 'loss_sort': Tensor}``.
     """
     loss_name = 'RankSortLoss'
 
     def __init__(self, delta: float = 0.5, loss_weight: float = 1.0, method: str = 'exact',
-                 block_elements: int = DEFAULT_BLOCK_ELEMENTS) -> None:
+                 block_elements: int = DEFAULT_BLOCK_ELEMENTS, rank_across_processes: bool = False) -> None:
         if method == 'bucketed':
             raise ValueError("RankSortLoss: method='bucketed' is BucketedRankSortLoss; "
                              "use method 'exact' or 'pairwise'")
         super().__init__(delta=delta, loss_weight=loss_weight, method=method, with_sort=True,
-                         block_elements=block_elements)
+                         block_elements=block_elements,
+                         rank_across_processes=rank_across_processes)

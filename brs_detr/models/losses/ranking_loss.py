@@ -4,6 +4,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
+from .cross_process import gather_global_batch, process_count
 from .ranking_core import (NEGATIVE_METHODS, NegativeRanker, PositiveWindows, smoothed_step,
                            sorting_error_and_grad, sorting_error_and_grad_pairwise)
 from .sorted_search import sort_ascending
@@ -33,7 +34,8 @@ class _RankingLossFunction(torch.autograd.Function):
         out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
         ctx.logits_dtype = logits.dtype
         with torch.autocast(device_type=logits.device.type, enabled=False):
-            rank_loss, sort_loss, rank_grad, pos_idx, pos_sort_grad = loss.compute(logits.detach(), targets.detach())
+            rank_loss, sort_loss, rank_grad, pos_idx, pos_sort_grad = loss.losses_and_gradients(
+                logits.detach(), targets.detach())
         ctx.save_for_backward(rank_grad, pos_idx, pos_sort_grad)
         return rank_loss.to(out_dtype), sort_loss.to(out_dtype)
 
@@ -68,6 +70,12 @@ class RankingLoss(nn.Module):
             a positive counts itself as 1), as the AP loss released with aLRP/RS does.
         block_elements (int): Largest number of pairwise elements held at once by the blocked parts.
         eps (float): A positive spreads its error only when its pmf denominator exceeds ``eps``.
+        rank_across_processes (bool): Rank the global batch of all processes instead of this process's batch
+            (off by default, as in the paper). Each process receives the other processes' positives and the
+            negatives that can change the loss (:mod:`.cross_process`), computes the loss of the global batch (the
+            same value on every process) and returns the gradients of its own logits multiplied by the number of
+            processes, because DDP averages the gradients over processes: the parameter update then equals that of
+            one process with the whole batch. Every process must call the loss the same number of times.
     """
 
     #: Name used in error messages.
@@ -75,7 +83,7 @@ class RankingLoss(nn.Module):
 
     def __init__(self, delta: float, loss_weight: float = 1.0, method: str = 'exact', with_sort: bool = False,
                  interpolated: bool = False, block_elements: int = DEFAULT_BLOCK_ELEMENTS,
-                 eps: float = 1e-10) -> None:
+                 eps: float = 1e-10, rank_across_processes: bool = False) -> None:
         super().__init__()
         if delta < 0:
             raise ValueError(f'{self.loss_name}: delta must be >= 0, got {delta}')
@@ -92,10 +100,19 @@ class RankingLoss(nn.Module):
         self.interpolated = interpolated
         self.block_elements = int(block_elements)
         self.eps = eps
+        self.rank_across_processes = bool(rank_across_processes)
+        #: Bytes received from other processes by the calls with ``rank_across_processes`` (a running total).
+        self.gathered_bytes = 0
 
     def extra_repr(self) -> str:
         return (f'delta={self.delta}, loss_weight={self.loss_weight}, method={self.method!r}'
-                + (', interpolated=True' if self.interpolated else ''))
+                + (', interpolated=True' if self.interpolated else '')
+                + (', rank_across_processes=True' if self.rank_across_processes else ''))
+
+    @property
+    def ranks_across_processes(self) -> bool:
+        """Whether this call ranks the global batch: the option is on and there is more than one process."""
+        return self.rank_across_processes and process_count() > 1
 
     def _check_inputs(self, logits: Tensor, targets: Tensor) -> None:
         if logits.dim() != 1 or targets.dim() != 1 or logits.shape != targets.shape:
@@ -131,12 +148,38 @@ class RankingLoss(nn.Module):
         Returns:
             dict[str, Tensor]: ``loss_rank`` (and ``loss_sort`` when ``with_sort``), scalars.
         """
-        self._check_inputs(logits, targets)
+        if self.ranks_across_processes:
+            # every process must reach the collectives; an invalid input is raised there, on every process
+            try:
+                self._check_inputs(logits, targets)
+            except (ValueError, TypeError, FloatingPointError) as error:
+                gather_global_batch(logits.detach(), targets.detach(), self.delta, self.loss_name, error)
+                raise  # not reached: the call above raises the error on this process
+        else:
+            self._check_inputs(logits, targets)
         rank_loss, sort_loss = _RankingLossFunction.apply(logits, targets.to(logits.dtype), self)
         losses = {'loss_rank': rank_loss * self.loss_weight}
         if self.with_sort:
             losses['loss_sort'] = sort_loss * self.loss_weight
         return losses
+
+    def losses_and_gradients(self, logits: Tensor, targets: Tensor) -> Tuple[Tensor, ...]:
+        """:meth:`compute` on this process's batch, or on the global batch with ``rank_across_processes``.
+
+        In the global case the losses are those of the global batch and the gradients those of this process's
+        logits, multiplied by the number of processes (DDP averages gradients); same returns as :meth:`compute`.
+        """
+        if not self.ranks_across_processes:
+            return self.compute(logits, targets)
+        work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        batch = gather_global_batch(logits.to(work), targets.to(work), self.delta, self.loss_name)
+        self.gathered_bytes += batch.gathered_bytes
+        rank_loss, sort_loss, rank_grad, pos_idx, pos_sort_grad = self.compute(batch.logits, batch.targets)
+        local = batch.local
+        is_local = (pos_idx >= local.start) & (pos_idx < local.stop)
+        scale = batch.world_size
+        return (rank_loss, sort_loss, rank_grad[local] * scale, pos_idx[is_local] - local.start,
+                pos_sort_grad[is_local] * scale)
 
     def compute(self, logits: Tensor, targets: Tensor) -> Tuple[Tensor, ...]:
         """Losses and identity-update gradients without autograd.

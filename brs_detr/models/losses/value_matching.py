@@ -4,6 +4,8 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from mmdet.utils import reduce_mean
+
 #: Floor of a box loss in the weight's denominator.
 DEFAULT_EPS = 1e-12
 #: Floor of the sum of the per-positive box-loss weights (all positives scored exactly 0 cannot happen with a
@@ -23,13 +25,23 @@ def positive_score_weights(cls_logits: Tensor) -> Tensor:
     return cls_logits.detach().sigmoid().max(dim=-1).values
 
 
-def weighted_mean(values: Tensor, weights: Tensor, eps: float = BOX_WEIGHT_EPS) -> Tensor:
-    """``sum(w * v) / max(sum(w), eps)`` of per-positive losses ``values`` (P,); 0 (in the graph) when P = 0."""
+def weighted_mean(values: Tensor, weights: Tensor, eps: float = BOX_WEIGHT_EPS,
+                  across_processes: bool = False) -> Tensor:
+    """``sum(w * v) / max(sum(w), eps)`` of per-positive losses ``values`` (P,); 0 (in the graph) when P = 0.
+
+    With ``across_processes`` the denominator is the mean over processes of ``sum(w)`` (mmdet's ``reduce_mean`` of
+    a normaliser): averaged over processes, as DDP averages gradients, the loss and its gradient are those of the
+    weighted mean over the global batch. Every process must then call it (a collective).
+    """
     weights = weights.to(values.dtype)
-    return (weights * values).sum() / weights.sum().clamp_min(eps)
+    total = weights.sum()
+    if across_processes:
+        total = reduce_mean(total)
+    return (weights * values).sum() / total.clamp_min(eps)
 
 
-def value_matched_weight(reference_loss: Tensor, box_loss: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
+def value_matched_weight(reference_loss: Tensor, box_loss: Tensor, eps: float = DEFAULT_EPS,
+                         across_processes: bool = False) -> Tensor:
     """Weight that rescales ``box_loss`` to the value of ``reference_loss``: ``L_ref / L_box`` (both detached).
 
     ``lambda_bbox = L_BRS / L_bbox`` and ``lambda_IoU = L_BRS / L_IoU`` in Eq. 17: the weights carry no
@@ -40,16 +52,25 @@ def value_matched_weight(reference_loss: Tensor, box_loss: Tensor, eps: float = 
         reference_loss (Tensor): The ranking loss (or any scalar) to match, shape ().
         box_loss (Tensor): The box loss to be rescaled, shape ().
         eps (float): Floor of the denominator; a zero box loss gives a finite weight.
+        across_processes (bool): Divide by the mean of ``box_loss`` over processes (a collective): for a
+            ``reference_loss`` of the global batch (a ranking loss with ``rank_across_processes``) and a box loss
+            normalised over processes (:func:`weighted_mean` with ``across_processes``), the weight is then the
+            ratio of the global batch's losses, the same on every process.
 
     Returns:
         Tensor: The weight, shape (), detached.
     """
-    return reference_loss.detach() / box_loss.detach().clamp_min(eps)
+    box_value = box_loss.detach()
+    if across_processes:
+        box_value = reduce_mean(box_value)
+    return reference_loss.detach() / box_value.clamp_min(eps)
 
 
-def value_matched(box_loss: Tensor, reference_loss: Tensor, eps: float = DEFAULT_EPS) -> Tensor:
-    """``box_loss`` multiplied by :func:`value_matched_weight`, so its value equals ``reference_loss``."""
-    return box_loss * value_matched_weight(reference_loss, box_loss, eps)
+def value_matched(box_loss: Tensor, reference_loss: Tensor, eps: float = DEFAULT_EPS,
+                  across_processes: bool = False) -> Tensor:
+    """``box_loss`` multiplied by :func:`value_matched_weight`, so its value equals ``reference_loss`` (averaged
+    over processes with ``across_processes``)."""
+    return box_loss * value_matched_weight(reference_loss, box_loss, eps, across_processes)
 
 
 def ranking_targets(labels: Tensor, ious: Tensor, num_classes: int, valid: Optional[Tensor] = None,
