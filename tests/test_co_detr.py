@@ -336,6 +336,22 @@ def test_dense_head_features_follow_anchor_locations():
     assert torch.equal(targets['feats'][0], flat[:NUM_QUERIES])
 
 
+def test_auxiliary_maps_give_each_image_its_own_roi_features():
+    """The maps cut from the encoder memory are contiguous: mmcv's RoIAlign reads its input as contiguous memory
+    and pooled another image's features for every image but the first of a batch from the strided view."""
+    model = build_tiny()
+    torch.manual_seed(2)
+    img_feats = [torch.zeros(2, 64, size, size) for size in (16, 8, 4, 2)]
+    memory = torch.randn(2, sum(size * size for size in (16, 8, 4, 2)), 64)
+    maps = model.memory_to_feature_maps(memory, img_feats)
+    assert all(level.is_contiguous() for level in maps)
+    extractor = model.roi_head[0].bbox_roi_extractor
+    box = [10., 12., 90., 100.]
+    in_batch = extractor(maps[:4], torch.tensor([[1.] + box]))
+    alone = extractor([level[1:] for level in maps[:4]], torch.tensor([[0.] + box]))
+    torch.testing.assert_close(in_batch, alone)
+
+
 def test_invalid_eval_module():
     with pytest.raises(ValueError, match='eval_module'):
         build_tiny(eval_module='rpn')

@@ -93,7 +93,7 @@ model = dict(
     train_cfg=[
         dict(
             assigner=dict(
-                type='HungarianAssigner',
+                type='Float32HungarianAssigner',  # float32 costs under --amp
                 match_costs=[
                     dict(type='FocalLossCost', weight=4.0),
                     dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),

@@ -98,7 +98,7 @@ model = dict(
     train_cfg=[
         dict(
             assigner=dict(
-                type='HungarianAssigner',
+                type='Float32HungarianAssigner',  # float32 costs under --amp
                 match_costs=[
                     dict(type='FocalLossCost', weight=2.0),
                     dict(type='BBoxL1Cost', weight=5.0, box_format='xywh'),

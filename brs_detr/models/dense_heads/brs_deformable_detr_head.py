@@ -147,9 +147,8 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
         loss_giou = weighted_mean(self.loss_iou(pos_pred_boxes, pos_gt_boxes, reduction_override='none'),
                                   box_weights, across_processes=across)
         if self.value_matched_bbox:
-            global_ranking = self.loss_cls.rank_across_processes
-            loss_l1 = value_matched(loss_l1, ranking_value, across_processes=global_ranking)
-            loss_giou = value_matched(loss_giou, ranking_value, across_processes=global_ranking)
+            loss_l1 = value_matched(loss_l1, ranking_value, across_processes=self.rank_across_processes)
+            loss_giou = value_matched(loss_giou, ranking_value, across_processes=self.rank_across_processes)
         losses['loss_bbox'] = loss_l1
         losses['loss_iou'] = loss_giou
         return losses

@@ -10,6 +10,7 @@ from mmdet.registry import MODELS
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_xyxy_to_cxcywh
 from mmdet.utils import reduce_mean
 
+from ..task_modules import NonFiniteMatchingCost
 from .co_positive_coords import PositiveCoords
 
 
@@ -82,6 +83,21 @@ class CoDeformableDETRHead(DeformableDETRHead):
             generator=self._generator(indices.device),
             device=indices.device)
         return indices[order[:num]]
+
+    # ------------------------------------------------------------------
+    # one-to-one matching
+    def _get_targets_single(self, cls_score: Tensor, bbox_pred: Tensor,
+                            gt_instances, img_meta: dict) -> tuple:
+        """:meth:`DETRHead._get_targets_single`; a non-finite matching cost
+        (``Float32HungarianAssigner``) is reported with this head's name."""
+        try:
+            return super()._get_targets_single(cls_score, bbox_pred,
+                                               gt_instances, img_meta)
+        except NonFiniteMatchingCost as error:
+            raise NonFiniteMatchingCost(
+                f'{type(self).__name__}, one-to-one matching of '
+                f'{cls_score.shape[0]} queries (a decoder layer or the '
+                f'encoder proposals): {error}') from None
 
     # ------------------------------------------------------------------
     # positive queries

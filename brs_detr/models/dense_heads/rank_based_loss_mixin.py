@@ -68,13 +68,15 @@ class RankBasedLossMixin:
         if not 0 < min_positive_target <= 1:
             raise ValueError(f'{name}: min_positive_target must lie in (0, 1], got {min_positive_target}')
         self.use_iou_targets = self.loss_cls.with_sort if use_iou_targets is None else bool(use_iou_targets)
+        #: The ranking loss ranks the global batch of all processes (``loss_cls.rank_across_processes``).
+        self.rank_across_processes = self.loss_cls.rank_across_processes
         self.value_matched_bbox = value_matched_bbox
         self.min_positive_target = min_positive_target
 
     @property
     def box_losses_across_processes(self) -> bool:
         """Whether box losses are normalised (and value-matched) over the global batch; see the class docstring."""
-        return self.loss_cls.rank_across_processes or not self.value_matched_bbox
+        return self.rank_across_processes or not self.value_matched_bbox
 
     def rank_based_loss(self, cls_logits: Tensor, labels: Tensor, valid: Tensor, pos_decoded_preds: Tensor,
                         pos_gt_bboxes: Tensor, pos_loss_preds: Tensor,
@@ -114,6 +116,6 @@ class RankBasedLossMixin:
                                  across_processes=self.box_losses_across_processes)
         if self.value_matched_bbox:
             box_loss = value_matched(box_loss, sum(losses.values()),
-                                     across_processes=self.loss_cls.rank_across_processes)
+                                     across_processes=self.rank_across_processes)
         losses['loss_bbox'] = box_loss
         return losses

@@ -1,0 +1,3 @@
+from .float32_hungarian_assigner import Float32HungarianAssigner, NonFiniteMatchingCost
+
+__all__ = ['Float32HungarianAssigner', 'NonFiniteMatchingCost']
