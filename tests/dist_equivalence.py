@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import copy
 import logging
-import os
 import re
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+
+from brs_detr.models.losses import set_rank_across_processes
+from brs_detr.benchmarks.global_ranking import loss_job
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 IMG_SIZE = 128
@@ -40,7 +41,6 @@ CONFIGS = {
     'brs_detr': 'configs/brs_detr/brs-detr_r18-tiny_1xb2-1e_toy-coco.py',
     'brs_atss': 'configs/toy/atss_r18-tiny_2xb2-12e_toy-coco.py',
 }
-RANKING_LOSSES = ('RankSortLoss', 'BucketedRankSortLoss', 'APLoss', 'BucketedAPLoss')
 #: Loss terms that depend on how the batch is split (the test measures them instead of requiring equality), per
 #: model: a regex of the keys and why.
 POSITIVE_QUERIES = (re.compile(r'_aux\d+$'),
@@ -60,18 +60,6 @@ BATCH_DEPENDENT = {
 def rank_layout(rank: Optional[int]) -> List[int]:
     """Indices of the images a process trains on: both for the reference, its own for a rank."""
     return [0, 1] if rank is None else [rank]
-
-
-def set_rank_across_processes(node, value: bool) -> None:
-    """Set ``rank_across_processes`` in every ranking-loss config below ``node`` (dicts and lists)."""
-    if isinstance(node, dict):
-        if node.get('type') in RANKING_LOSSES:
-            node['rank_across_processes'] = value
-        for child in node.values():
-            set_rank_across_processes(child, value)
-    elif isinstance(node, (list, tuple)):
-        for child in node:
-            set_rank_across_processes(child, value)
 
 
 def build_config(name: str, global_ranking: bool = False, num_cp: int = -1):
@@ -199,26 +187,6 @@ def train_once(name: str, rank: Optional[int], global_ranking: bool = False, num
     return result
 
 
-def _process_entry(rank: int, world_size: int, port: int, out_dir: str, job: Callable[[Optional[int], int], dict]):
-    os.environ['OMP_NUM_THREADS'] = '1'
-    torch.set_num_threads(1)
-    from mmengine.logging import MMLogger
-    MMLogger.get_current_instance().setLevel(logging.ERROR)
-    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world_size)
-    try:
-        result = job(rank, world_size)
-        torch.save(result, os.path.join(out_dir, f'rank{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
-
-
-def run_in_processes(job: Callable[[Optional[int], int], dict], world_size: int, port: int,
-                     out_dir: Path) -> List[dict]:
-    """Run ``job(rank, world_size)`` in ``world_size`` spawned gloo processes; returns each rank's result."""
-    mp.spawn(_process_entry, args=(world_size, port, str(out_dir), job), nprocs=world_size, join=True)
-    return [torch.load(out_dir / f'rank{rank}.pt', weights_only=False) for rank in range(world_size)]
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # The ranking losses alone, float64
 
@@ -302,15 +270,21 @@ MODEL_RUNS = {
 REFERENCE_RUNS = {'co_detr': dict(name='co_detr'), 'brs_detr': dict(name='brs_detr'),
                   'brs_atss': dict(name='brs_atss')}
 LOSS_LAYOUTS = ('both', 'one_without_positives', 'none')
+#: Logits per process of the benchmark's loss cell run in the test (tools/benchmark_global_ranking.py).
+BENCHMARK_SIZE = 5000
 
 
 def two_process_job(rank: int, world_size: int) -> dict:
     """Everything the test needs from the two processes, in one spawn (starting processes costs most)."""
+    from mmengine.logging import MMLogger
     from mmdet.utils import register_all_modules
 
     import brs_detr  # noqa: F401  (registers the models)
     register_all_modules()
+    MMLogger.get_current_instance().setLevel(logging.ERROR)
     losses = {(case, layout): global_loss_run(case, layout, rank)
               for case in LOSS_CASES for layout in LOSS_LAYOUTS}
-    return dict(losses=losses, invalid_input=invalid_input_run(rank),
+    benchmark = loss_job(rank, world_size, losses=['brs'], regimes=['trained'], size=BENCHMARK_SIZE, ratio=0.02,
+                         seed=0, repeats=1, warmup=0)
+    return dict(losses=losses, invalid_input=invalid_input_run(rank), benchmark=benchmark,
                 models={key: train_once(rank=rank, **kwargs) for key, kwargs in MODEL_RUNS.items()})

@@ -16,11 +16,10 @@ from mmdet.utils import register_all_modules
 
 import brs_detr  # noqa: F401  (registers the models)
 import dist_equivalence as de
+from brs_detr.engine.dist import run_in_cpu_processes
 
 register_all_modules()
 MMLogger.get_current_instance().setLevel(logging.ERROR)
-
-pytestmark = pytest.mark.filterwarnings('ignore::UserWarning')
 
 #: Relative tolerance of float32 loss terms summed in another order.
 FLOAT32_RTOL = 2e-5
@@ -35,8 +34,8 @@ PARAM_LR_TOL = 0.05
 
 
 @pytest.fixture(scope='module')
-def two_processes(tmp_path_factory, free_port):
-    return de.run_in_processes(de.two_process_job, 2, free_port(), tmp_path_factory.mktemp('two_processes'))
+def two_processes(free_port):
+    return run_in_cpu_processes(de.two_process_job, 2, free_port())
 
 
 @pytest.fixture(scope='module')
@@ -108,6 +107,32 @@ def test_without_the_option_each_process_ranks_its_own_batch(two_processes):
         assert abs(float(own['values']['loss_rank'] - reference['values']['loss_rank'])) > 1e-3
 
 
+def test_benchmark_tool_measures_the_option(two_processes):
+    """tools/benchmark_global_ranking.py's loss cell, run by the two processes: both options timed, bytes counted."""
+    from brs_detr.benchmarks.global_ranking import format_loss_table
+
+    rows = two_processes[0]['benchmark']
+    assert [row['across'] for row in rows] == [False, True]
+    assert rows[0]['bytes'] == 0 and 16 < rows[1]['bytes'] <= 16 + 2 * 2 * 8 * de.BENCHMARK_SIZE
+    assert all(row['seconds'] > 0 for row in rows)
+    table = format_loss_table(rows, de.BENCHMARK_SIZE, 0.02, 2)
+    assert table[2].startswith('| trained | BRS |') and 'x |' in table[2]
+
+
+@pytest.mark.parametrize('argv, message', [
+    (['--processes', '1'], 'at least 2'),
+    (['--size', '0'], 'nothing to measure'),
+    (['--ratio', '1.5'], '0 < --ratio < 1'),
+])
+def test_benchmark_tool_rejects_bad_arguments(argv, message, capsys):
+    from conftest import load_tool_module
+
+    tool = load_tool_module('benchmark_global_ranking')
+    with pytest.raises(SystemExit):
+        tool.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # one training step of the tiny models
 
@@ -160,3 +185,36 @@ def test_per_process_ranking_changes_the_losses(two_processes, one_process, name
     assert 0 < max(changes) < 0.1
     head = 'bbox_head.atss_cls.weight' if name == 'brs_atss' else 'bbox_head.cls_branches.0.weight'
     assert relative_difference(run['grads'][head], reference['grads'][head]) > 0.05
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the learning rate of tools/train.py --auto-scale-lr
+
+@pytest.mark.parametrize('processes, per_process, accumulation, expected_scale', [
+    (4, 4, 1, 1.0),  # the published 4 x 4
+    (8, 2, 1, 1.0),  # another split of 16
+    (1, 4, 4, 1.0),  # 1 GPU, accumulating 4 iterations per update: still 16 images per update
+    (1, 2, 1, 0.125),
+    (2, 2, 2, 0.5),
+])
+def test_auto_scale_lr_follows_the_batch_of_an_update(processes, per_process, accumulation, expected_scale):
+    """mmengine's Runner.scale_lr computes (processes x per-process batch) / base_batch_size and ignores
+    accumulative_counts; tools/train.py --auto-scale-lr divides base_batch_size by it."""
+    from types import SimpleNamespace
+    from unittest import mock
+
+    from mmengine.config import Config
+    from mmengine.optim import OptimWrapper
+    from mmengine.runner import Runner
+
+    from brs_detr.apis.train import enable_auto_scale_lr
+
+    cfg = Config(dict(auto_scale_lr=dict(enable=False, base_batch_size=16),
+                      optim_wrapper=dict(type='OptimWrapper', accumulative_counts=accumulation)))
+    enable_auto_scale_lr(cfg, 'config.py')
+    parameter = torch.nn.Parameter(torch.zeros(1))
+    wrapper = OptimWrapper(torch.optim.SGD([parameter], lr=1.0))
+    runner = SimpleNamespace(world_size=processes, _train_dataloader=dict(batch_size=per_process),
+                             param_schedulers=None, logger=mock.Mock())
+    Runner.scale_lr(runner, wrapper, cfg.auto_scale_lr)
+    assert wrapper.optimizer.param_groups[0]['lr'] == pytest.approx(expected_scale)

@@ -53,12 +53,20 @@ def enable_amp(cfg: Config) -> None:
 
 
 def enable_auto_scale_lr(cfg: Config, config_path: str) -> None:
-    """Turn on ``auto_scale_lr``; the config must define its ``base_batch_size``."""
+    """Turn on ``auto_scale_lr``; the config must define its ``base_batch_size``.
+
+    mmengine scales the lr by (processes x ``train_dataloader.batch_size``) / ``base_batch_size`` and ignores
+    gradient accumulation; with ``optim_wrapper.accumulative_counts = k`` one update sees k times that batch, so
+    ``base_batch_size`` is divided by k here and the lr follows the batch of an update.
+    """
     if 'enable' in cfg.get('auto_scale_lr', {}) and 'base_batch_size' in cfg.auto_scale_lr:
         cfg.auto_scale_lr.enable = True
     else:
         raise ToolInputError('--auto-scale-lr needs auto_scale_lr=dict(enable=..., base_batch_size=...) in the '
                              f'config {config_path}')
+    accumulation = cfg.get('optim_wrapper', {}).get('accumulative_counts', 1)
+    if accumulation != 1:
+        cfg.auto_scale_lr.base_batch_size = cfg.auto_scale_lr.base_batch_size / accumulation
 
 
 def set_resume(cfg: Config, resume: str) -> None:

@@ -2,7 +2,8 @@
 
 mmengine's launcher assumes CUDA: ``init_dist`` calls ``torch.cuda.set_device`` and its DDP wrapper passes
 ``device_ids=[LOCAL_RANK]``. :func:`setup_distributed_without_cuda` makes ``--launcher pytorch|slurm`` work on CPU
-(gloo); :func:`close_process_group` takes the group down while Python is still fully alive.
+(gloo); :func:`close_process_group` takes the group down while Python is still fully alive;
+:func:`run_in_cpu_processes` runs a function in several gloo processes on this machine (measurements, tests).
 """
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ import datetime
 import gc
 import logging
 import os
+import socket
 import subprocess
+import tempfile
+from typing import Any, Callable, List, Optional
 
 from mmengine.config import Config, ConfigDict
 
@@ -105,3 +109,45 @@ def close_process_group() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
     gc.collect()  # Runner <-> loop/hook reference cycles keep the DDP wrapper, and with it the group, alive
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _cpu_process_entry(rank: int, world_size: int, port: int, out_dir: str, job: Callable[[int, int], Any],
+                       threads: int) -> None:
+    import torch
+    import torch.distributed as torch_dist
+
+    torch.set_num_threads(threads)
+    torch_dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world_size)
+    try:
+        result = job(rank, world_size)
+        torch.save(result, os.path.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        close_process_group()
+
+
+def run_in_cpu_processes(job: Callable[[int, int], Any], world_size: int, port: Optional[int] = None,
+                         threads: int = 1) -> List[Any]:
+    """Run ``job(rank, world_size)`` in ``world_size`` spawned processes joined by a gloo process group.
+
+    Args:
+        job (callable): A module-level (picklable) function; what it returns must be ``torch.save``-able.
+        world_size (int): Number of processes.
+        port (int, optional): Rendezvous port on 127.0.0.1; a free one when None.
+        threads (int): torch intra-op threads per process.
+
+    Returns:
+        list: Each rank's return value, in rank order.
+    """
+    import torch
+    import torch.multiprocessing as mp
+
+    port = _free_port() if port is None else port
+    with tempfile.TemporaryDirectory(prefix='brs_detr_processes_') as out_dir:
+        mp.spawn(_cpu_process_entry, args=(world_size, port, out_dir, job, threads), nprocs=world_size, join=True)
+        return [torch.load(os.path.join(out_dir, f'rank{rank}.pt'), weights_only=False) for rank in range(world_size)]

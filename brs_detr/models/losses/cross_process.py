@@ -25,6 +25,31 @@ from torch import Tensor
 
 #: Bytes of one entry of the gathered sizes (int64).
 SIZE_BYTES = 8
+#: Registered ranking losses (configs with one of these types take ``rank_across_processes``).
+RANKING_LOSS_TYPES = ('RankSortLoss', 'BucketedRankSortLoss', 'APLoss', 'BucketedAPLoss')
+
+
+def set_rank_across_processes(cfg, value: bool = True) -> int:
+    """Set ``rank_across_processes`` in every ranking-loss config below ``cfg`` (nested dicts and lists).
+
+    Args:
+        cfg (dict | list): A model config (or any part of one), changed in place.
+        value (bool): The option's value.
+
+    Returns:
+        int: Number of ranking-loss configs set.
+    """
+    count = 0
+    if isinstance(cfg, dict):
+        if cfg.get('type') in RANKING_LOSS_TYPES:
+            cfg['rank_across_processes'] = value
+            count += 1
+        for child in cfg.values():
+            count += set_rank_across_processes(child, value)
+    elif isinstance(cfg, (list, tuple)):
+        for child in cfg:
+            count += set_rank_across_processes(child, value)
+    return count
 
 
 def process_count() -> int:

@@ -17,6 +17,11 @@ DEFAULT_BLOCK_ELEMENTS = 1 << 22
 DENSE_SORT_MAX_POSITIVES = 256
 
 
+def _work_dtype(logits: Tensor) -> torch.dtype:
+    """Dtype of the M-sized work: float64 for float64 logits, float32 otherwise (half precision is widened)."""
+    return torch.float64 if logits.dtype == torch.float64 else torch.float32
+
+
 def _accumulation_dtype(logits: Tensor) -> torch.dtype:
     """Statistics are accumulated in float64 (prefix sums over up to millions of values); MPS lacks float64."""
     return torch.float32 if logits.device.type == 'mps' else torch.float64
@@ -31,7 +36,7 @@ class _RankingLossFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits: Tensor, targets: Tensor, loss: 'RankingLoss') -> Tuple[Tensor, Tensor]:
-        out_dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        out_dtype = _work_dtype(logits)
         ctx.logits_dtype = logits.dtype
         with torch.autocast(device_type=logits.device.type, enabled=False):
             rank_loss, sort_loss, rank_grad, pos_idx, pos_sort_grad = loss.losses_and_gradients(
@@ -171,7 +176,7 @@ class RankingLoss(nn.Module):
         """
         if not self.ranks_across_processes:
             return self.compute(logits, targets)
-        work = torch.float64 if logits.dtype == torch.float64 else torch.float32
+        work = _work_dtype(logits)
         batch = gather_global_batch(logits.to(work), targets.to(work), self.delta, self.loss_name)
         self.gathered_bytes += batch.gathered_bytes
         rank_loss, sort_loss, rank_grad, pos_idx, pos_sort_grad = self.compute(batch.logits, batch.targets)
@@ -195,7 +200,7 @@ class RankingLoss(nn.Module):
             already divided by ``|P|``; backward casts them to the logits' dtype.
         """
         acc = _accumulation_dtype(logits)
-        work = torch.float64 if logits.dtype == torch.float64 else torch.float32  # dtype of the M-sized work
+        work = _work_dtype(logits)
         logits = logits.to(work)
         pos_idx = torch.nonzero(targets > 0).squeeze(1)
         num_pos = pos_idx.numel()

@@ -49,6 +49,7 @@ model = dict(
         num_outs=4),
     encoder=dict(
         num_layers=6,
+        num_cp=-1,  # activation checkpointing of the first num_cp layers (-1: off; 6: all, less memory)
         layer_cfg=dict(
             self_attn_cfg=dict(
                 embed_dims=embed_dims, num_levels=4, dropout=0.0,
@@ -58,6 +59,7 @@ model = dict(
                 ffn_drop=0.0))),
     decoder=dict(
         num_layers=num_dec_layer,
+        num_cp=-1,  # as for the encoder
         return_intermediate=True,
         look_forward_twice=True,
         layer_cfg=dict(
