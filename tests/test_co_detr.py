@@ -193,6 +193,7 @@ def _decoder_pair(look_forward_twice):
     cfg = Config.fromfile(TINY_CONFIG).model.decoder
     cfg = cfg.to_dict()
     cfg.pop('look_forward_twice')
+    cfg.pop('num_cp')  # ours only (activation checkpointing, off in the config)
     torch.manual_seed(0)
     ours = CoDeformableDetrTransformerDecoder(
         look_forward_twice=look_forward_twice, **copy.deepcopy(cfg))
