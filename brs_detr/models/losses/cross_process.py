@@ -6,7 +6,7 @@ examples that can change the loss and computes the loss of the whole batch, as o
 
 What a process receives: every positive and every negative with ``s >= min(global positive logits) - delta``. All
 other negatives have ``H(s_n - s_i) = 0`` for every positive ``i``: they are in no bucket, no ``N_FP`` and get no
-gradient (``ranking_losses.md`` Sec. 1), so leaving them out changes nothing. Ignored examples (target < 0) are
+gradient (docs/losses.md, "Algorithms"), so leaving them out changes nothing. Ignored examples (target < 0) are
 never sent. Three collectives per loss call: the global minimum positive logit (with a flag that makes every process
 raise when one process has invalid inputs, instead of leaving the others waiting), the number of examples each
 process sends (a host sync: the receive buffers need the sizes), and the examples themselves (padded to the largest
