@@ -141,14 +141,14 @@ class RankBasedCoDeformableDETRHead(RankBasedLossMixin, CoDeformableDETRHead):
             box_weights = positive_score_weights(cls_logits[pos_mask])
         else:
             box_weights = pos_preds.new_ones(pos_preds.size(0))
-        across = self.box_losses_across_processes
+        across = self.rank_across_processes  # normalise and value-match over the global batch
         loss_l1 = self.loss_bbox(pos_preds, pos_targets, reduction_override='none').sum(dim=-1)
         loss_l1 = weighted_mean(loss_l1, box_weights, across_processes=across)
         loss_giou = weighted_mean(self.loss_iou(pos_pred_boxes, pos_gt_boxes, reduction_override='none'),
                                   box_weights, across_processes=across)
         if self.value_matched_bbox:
-            loss_l1 = value_matched(loss_l1, ranking_value, across_processes=self.rank_across_processes)
-            loss_giou = value_matched(loss_giou, ranking_value, across_processes=self.rank_across_processes)
+            loss_l1 = value_matched(loss_l1, ranking_value, across_processes=across)
+            loss_giou = value_matched(loss_giou, ranking_value, across_processes=across)
         losses['loss_bbox'] = loss_l1
         losses['loss_iou'] = loss_giou
         return losses

@@ -21,10 +21,9 @@ class RankBasedLossMixin:
     ranking loss (``loss_rank + loss_sort``, Eq. 17) unless ``value_matched_bbox=False``.
 
     Over several processes: with ``loss_cls.rank_across_processes`` the ranking loss is that of the global batch,
-    and so are the box loss's normaliser and its value-matching weight (:meth:`box_losses_across_processes`); the
-    parameter update then equals that of one process with the whole batch. Without it each process ranks and
-    value-matches its own batch, as the released code does (the box normaliser cancels in the value matching). A box
-    loss that is not value-matched is normalised over processes in both cases, as mmdet's heads do (``reduce_mean``).
+    and so are the box loss's normaliser (the sum of the weights) and its value-matching weight; the parameter
+    update then equals that of one process with the whole batch. Without it each process ranks, normalises and
+    value-matches its own batch, as the released heads do.
 
     The host class must provide ``self.loss_cls`` (a :class:`RankingLoss`), ``self.loss_bbox`` (an mmdet
     box loss accepting ``reduction_override='none'``) and ``self.num_classes``, and call
@@ -68,15 +67,11 @@ class RankBasedLossMixin:
         if not 0 < min_positive_target <= 1:
             raise ValueError(f'{name}: min_positive_target must lie in (0, 1], got {min_positive_target}')
         self.use_iou_targets = self.loss_cls.with_sort if use_iou_targets is None else bool(use_iou_targets)
-        #: The ranking loss ranks the global batch of all processes (``loss_cls.rank_across_processes``).
+        #: The ranking loss ranks the global batch of all processes (``loss_cls.rank_across_processes``); the box
+        #: losses are then normalised and value-matched over it too.
         self.rank_across_processes = self.loss_cls.rank_across_processes
         self.value_matched_bbox = value_matched_bbox
         self.min_positive_target = min_positive_target
-
-    @property
-    def box_losses_across_processes(self) -> bool:
-        """Whether box losses are normalised (and value-matched) over the global batch; see the class docstring."""
-        return self.rank_across_processes or not self.value_matched_bbox
 
     def rank_based_loss(self, cls_logits: Tensor, labels: Tensor, valid: Tensor, pos_decoded_preds: Tensor,
                         pos_gt_bboxes: Tensor, pos_loss_preds: Tensor,
@@ -113,7 +108,7 @@ class RankBasedLossMixin:
         if box_loss.dim() > 1:  # per-coordinate losses (L1): one value per positive
             box_loss = box_loss.sum(dim=-1)
         box_loss = weighted_mean(box_loss, positive_score_weights(cls_logits[pos_mask]),
-                                 across_processes=self.box_losses_across_processes)
+                                 across_processes=self.rank_across_processes)
         if self.value_matched_bbox:
             box_loss = value_matched(box_loss, sum(losses.values()),
                                      across_processes=self.rank_across_processes)
