@@ -10,7 +10,8 @@ Spawns ``--processes`` CPU processes joined by a gloo group (each standing for o
 off and on: the ranking losses alone on one cell of the loss benchmark's grid (every process holds ``--size``
 logits with ``--ratio`` positives; ``--size 0`` skips this) and one DDP training iteration of each ``--configs``
 config on synthetic images. Prints Markdown tables with the median times, the slowdown and the bytes each process
-receives. The logic lives in :mod:`brs_detr.benchmarks.global_ranking`; see docs/rank_based_heads.md.
+receives. The logic lives in :mod:`brs_detr.benchmarks.global_ranking`; this file parses the arguments. See
+docs/rank_based_heads.md.
 
 Example (the numbers in the docs)::
 
@@ -20,8 +21,9 @@ Example (the numbers in the docs)::
 import argparse
 from typing import List, Optional
 
-from brs_detr.benchmarks.global_ranking import DEFAULT_LOSSES, REGIMES, run
+from brs_detr.benchmarks.global_ranking import DEFAULT_LOSSES, REGIMES
 from brs_detr.benchmarks.loss_grid import LOSSES
+from brs_detr.known_warnings import ignore_known_warnings
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -54,8 +56,11 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    run(parse_args(argv))
+    args = parse_args(argv)
+    from brs_detr.benchmarks.global_ranking import run  # after parsing: --help and bad arguments answer at once
+    run(args)
 
 
 if __name__ == '__main__':
+    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
     main()

@@ -22,12 +22,7 @@ import statistics
 import time
 from typing import Dict, List, Sequence
 
-import torch
-import torch.distributed as dist
-
 from .loss_grid import LOSSES, REGIMES
-from .loss_worker import make_inputs
-from .train import _num_classes, synthetic_batch
 
 #: Loss benchmark rows measured by default (the fast methods; the pairwise rows rank the same way).
 DEFAULT_LOSSES = ('brs', 'bap', 'rs_exact', 'ap_exact')
@@ -36,6 +31,8 @@ MIB = 2**20
 
 def _timed(call, repeats: int, warmup: int) -> List[float]:
     """Wall seconds of ``call()`` between two barriers, ``warmup`` untimed calls first."""
+    import torch.distributed as dist
+
     times = []
     for index in range(warmup + repeats):
         dist.barrier()
@@ -56,8 +53,9 @@ def _gathered_bytes(module: torch.nn.Module) -> int:
 def loss_job(rank: int, world_size: int, losses: Sequence[str], regimes: Sequence[str], size: int, ratio: float,
              seed: int, repeats: int, warmup: int) -> List[dict]:
     """Time each loss with and without the option on this process's cell; one row per (regime, loss, option)."""
-    import brs_detr  # noqa: F401  (registers the losses)
+    import brs_detr.models  # noqa: F401  (registers the losses)
     from mmdet.registry import MODELS
+    from .loss_worker import make_inputs
 
     rows = []
     for regime in regimes:
@@ -81,15 +79,16 @@ def loss_job(rank: int, world_size: int, losses: Sequence[str], regimes: Sequenc
 def model_job(rank: int, world_size: int, configs: Sequence[str], img_size: Sequence[int], batch: int,
               num_gts: int, iters: int, warmup: int) -> List[dict]:
     """Time DDP training iterations of each config with and without the option."""
+    import torch
     from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.model import MMDistributedDataParallel
     from mmengine.optim import build_optim_wrapper
 
-    import brs_detr  # noqa: F401
     from brs_detr.models.losses import set_rank_across_processes
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
+    from .train import _num_classes, synthetic_batch
 
     register_all_modules()
     MMLogger.get_current_instance().setLevel(logging.ERROR)

@@ -122,6 +122,9 @@ def _cpu_process_entry(rank: int, world_size: int, port: int, out_dir: str, job:
     import torch
     import torch.distributed as torch_dist
 
+    from brs_detr.known_warnings import ignore_known_warnings
+
+    ignore_known_warnings()  # a spawned process: the parent's warning filters do not reach it
     torch.set_num_threads(threads)
     torch_dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank, world_size=world_size)
     try:
