@@ -1,5 +1,5 @@
 """PAA head trained with a ranking-based loss (RS-PAA, BRS-PAA, AP-PAA, BAP-PAA) (BRS paper Sec. 6.1)."""
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from mmengine.structures import InstanceData
@@ -10,10 +10,15 @@ from mmdet.models.dense_heads.paa_head import levels_to_images
 from mmdet.models.layers import multiclass_nms
 from mmdet.models.utils import multi_apply
 from mmdet.registry import MODELS
-from mmdet.structures.bbox import get_box_tensor
+from mmdet.structures.bbox import bbox_overlaps, get_box_tensor
 from mmdet.utils import ConfigType, InstanceList, OptInstanceList
 
 from .rank_based_atss_head import RankBasedATSSHead
+
+#: Score voting (PAA, Sec. 3.4): candidates must overlap a detection by more than this IoU, and are weighted by
+#: ``exp(-(1 - IoU)^2 / VOTING_SIGMA)``; the values of PAAHead.
+VOTING_MIN_IOU = 0.01
+VOTING_SIGMA = 0.025
 
 
 @MODELS.register_module()
@@ -35,7 +40,10 @@ class RankBasedPAAHead(RankBasedATSSHead, PAAHead):
       with IoU targets (RS/BRS) of the boxes decoded by ``bbox_coder``; the GIoU loss is weighted per positive by
       its detached maximum class probability and value-matched to the ranking loss (Eq. 17), as in
       :class:`RankBasedATSSHead` (keys ``loss_rank``, ``loss_sort``, ``loss_bbox``).
-    * Score voting at test time (``score_voting=True``) works on the class probabilities.
+    * Score voting at test time (``score_voting=True``) works on the class probabilities, in tensor operations
+      (:meth:`score_voting`: the same boxes as PAAHead's loops over classes and detections, which tracing for ONNX
+      export cannot follow); the ``nms_pre`` candidates are the first ``nms_pre`` by score whatever their number
+      (PAAHead branches on it, which tracing freezes).
     * The GMM is fitted on float64 costs (:meth:`paa_reassign`). PAAHead hands scikit-learn the float32 costs, and
       when the candidates of a gt have nearly equal costs (common early in training, when the class scores are
       still the prior) the variance scikit-learn computes in float32 cancels to a negative number and the fit
@@ -156,8 +164,8 @@ class RankBasedPAAHead(RankBasedATSSHead, PAAHead):
         for cls_score, bbox_pred, priors in zip(cls_score_list, bbox_pred_list, mlvl_priors):
             scores = cls_score.permute(1, 2, 0).reshape(-1, self.cls_out_channels).sigmoid()
             bbox_pred = bbox_pred.permute(1, 2, 0).reshape(-1, 4)
-            if 0 < nms_pre < scores.size(0):
-                keep = scores.max(dim=1).values.topk(nms_pre).indices
+            if nms_pre > 0:  # slicing keeps all when there are fewer (a graph exported with dynamic sizes too)
+                keep = scores.max(dim=1).values.argsort(descending=True)[:nms_pre]
                 scores, bbox_pred, priors = scores[keep], bbox_pred[keep], priors[keep]
             all_boxes.append(get_box_tensor(self.bbox_coder.decode(priors, bbox_pred,
                                                                    max_shape=img_meta['img_shape'])))
@@ -168,10 +176,39 @@ class RankBasedPAAHead(RankBasedATSSHead, PAAHead):
         scores = torch.cat(all_scores)
         scores = torch.cat([scores, scores.new_zeros(scores.size(0), 1)], dim=1)  # background column for NMS
         det_bboxes, det_labels = multiclass_nms(boxes, scores, cfg.score_thr, cfg.nms, cfg.max_per_img)
-        if self.with_score_voting and len(det_bboxes) > 0:
+        if self.with_score_voting:
             det_bboxes, det_labels = self.score_voting(det_bboxes, det_labels, boxes, scores, cfg.score_thr)
         results = InstanceData()
         results.bboxes = det_bboxes[:, :-1]
         results.scores = det_bboxes[:, -1]
         results.labels = det_labels
         return results
+
+    def score_voting(self, det_bboxes: Tensor, det_labels: Tensor, mlvl_bboxes: Tensor, mlvl_nms_scores: Tensor,
+                     score_thr: float) -> Tuple[Tensor, Tensor]:
+        """PAA's score voting (Kim & Lee, ECCV 2020, Sec. 3.4) for all detections at once.
+
+        Each detection's box becomes the average of the candidate boxes of its class (score above ``score_thr``)
+        that overlap it (IoU > :data:`VOTING_MIN_IOU`), weighted by ``exp(-(1 - IoU)^2 / VOTING_SIGMA) * score``;
+        its score is kept. Same result as :meth:`PAAHead.score_voting`, including its order (detections grouped
+        by class in increasing label order, each group in the input order), from one (K, M) IoU matrix instead of
+        loops over classes and detections.
+
+        Args:
+            det_bboxes (Tensor): (K, 5) boxes and scores after NMS.
+            det_labels (Tensor): (K,) their labels.
+            mlvl_bboxes (Tensor): (M, 4) all candidate boxes.
+            mlvl_nms_scores (Tensor): (M, C + 1) their class probabilities (last column: background, zero).
+            score_thr (float): Candidate score threshold.
+
+        Returns:
+            tuple[Tensor, Tensor]: Voted boxes with scores (K, 5) and labels (K,).
+        """
+        num_dets = det_labels.shape[0]
+        class_scores = mlvl_nms_scores[:, :self.cls_out_channels].t()[det_labels]  # (K, M): score in the det's class
+        ious = bbox_overlaps(det_bboxes[:, :4], mlvl_bboxes)  # (K, M)
+        voters = (class_scores > score_thr) & (ious > VOTING_MIN_IOU)
+        weights = torch.exp(-(1 - ious)**2 / VOTING_SIGMA) * class_scores * voters
+        voted = weights @ mlvl_bboxes / weights.sum(dim=1, keepdim=True)
+        order = (det_labels * num_dets + torch.arange(num_dets, device=det_labels.device)).argsort()
+        return torch.cat([voted, det_bboxes[:, 4:]], dim=1)[order], det_labels[order]

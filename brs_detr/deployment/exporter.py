@@ -1,0 +1,124 @@
+"""ONNX export with the TorchScript exporter, checked by ``onnx.checker``.
+
+Why the TorchScript exporter (``torch.onnx.export(..., dynamo=False)``) and not torch 2.13's default dynamo
+exporter: tracing runs mmdet's eager Python code once, so the graph is exactly what ``predict`` computes; autograd
+Functions carry their ONNX symbolic (the NMS of :mod:`~brs_detr.deployment.nms`); dynamic image sizes come from
+traced tensor shapes. The dynamo exporter needs ``torch.export`` to capture mmdet's code, which reads sizes from
+tensors (``spatial_shapes``) and branches on data, and it needs onnxscript (another dependency). torch warns that
+the TorchScript exporter is deprecated; :func:`export_onnx` records that warning instead of passing it on.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import os.path as osp
+import re
+import tempfile
+import warnings
+from typing import Iterator, List, Sequence, Tuple
+from unittest import mock
+
+import torch
+from torch import Tensor, nn
+
+from .dependencies import import_optional
+from .errors import UnsupportedExportError
+from .msda import tensor_msda
+from .nms import UnsupportedNMSError, exportable_nms
+
+#: Default ONNX opset: GridSample (deformable attention) needs 16; 17 is what onnxruntime, TensorRT >= 8.6 and
+#: OpenVINO all read.
+DEFAULT_OPSET = 17
+MIN_OPSET = 16
+INPUT_NAMES = ('image', 'scale_factor')
+OUTPUT_NAMES = ('boxes', 'scores', 'labels')
+#: Names of the dynamic axes.
+HEIGHT, WIDTH, NUM_DETECTIONS = 'height', 'width', 'num_detections'
+#: The operator named by torch's "not supported" export errors.
+UNSUPPORTED_OPERATOR = re.compile(r"operator '([^']+)'|(prim::PythonOp|aten::\w+|mmcv::\w+)")
+
+
+@contextlib.contextmanager
+def export_context() -> Iterator[None]:
+    """What an export needs swapped in while tracing.
+
+    * mmcv's deformable attention computes in tensors (:func:`~brs_detr.deployment.msda.tensor_msda`);
+    * mmcv's NMS gets an ONNX symbolic (:func:`~brs_detr.deployment.nms.exportable_nms`);
+    * ``torch.onnx.is_in_onnx_export()`` reads False for mmdet's code: mmdet 3.3's ONNX branches are leftovers of
+      mmdet 2 (they import ``mmdet.core``, which no longer exists, and pad NMS inputs with dummy boxes for TensorRT);
+      the eager branches are the code ``predict`` runs, and they trace.
+    """
+    with tensor_msda(), exportable_nms(), mock.patch.object(torch.onnx, 'is_in_onnx_export', lambda: False):
+        yield
+
+
+def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, opset: int = DEFAULT_OPSET,
+                dynamic_shape: bool = False) -> List[str]:
+    """Export ``wrapper`` (``(image, scale_factor) -> (boxes, scores, labels)``) to ``path`` and check it.
+
+    The file is written atomically (a temporary file in the same folder, checked, then renamed).
+
+    Args:
+        wrapper (nn.Module): From :func:`~brs_detr.deployment.build_export_wrapper`, on the CPU.
+        example (tuple[Tensor, Tensor]): An image (1, 3, H, W) and its scale factor (2,).
+        path (str): The ``.onnx`` file to write.
+        opset (int): ONNX opset (>= 16).
+        dynamic_shape (bool): Export H and W as dynamic axes (else the graph takes only H x W inputs).
+
+    Returns:
+        list[str]: The tracer's warnings about Python values frozen into the graph (``file:line: message``): data
+        dependent branches the graph will not re-evaluate.
+
+    Raises:
+        UnsupportedExportError: An operator without ONNX exporter (named), or a bad opset.
+        MissingDependencyError: onnx is not installed.
+    """
+    onnx = import_optional('onnx')
+    if opset < MIN_OPSET:
+        raise UnsupportedExportError(f'--opset {opset}: deformable attention and the exported graphs need ONNX '
+                                     f'GridSample, opset >= {MIN_OPSET}')
+    dynamic_axes = {name: {0: NUM_DETECTIONS} for name in OUTPUT_NAMES}
+    if dynamic_shape:
+        dynamic_axes[INPUT_NAMES[0]] = {2: HEIGHT, 3: WIDTH}
+    folder = osp.dirname(osp.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
+    os.close(handle)
+    try:
+        with export_context(), warnings.catch_warnings(record=True) as caught, torch.no_grad():
+            warnings.simplefilter('always')
+            try:
+                torch.onnx.export(wrapper, example, temporary, dynamo=False, opset_version=opset,
+                                  input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                                  dynamic_axes=dynamic_axes)
+            except UnsupportedNMSError as error:
+                raise UnsupportedExportError(str(error)) from error
+            except (torch.onnx.errors.OnnxExporterError, RuntimeError) as error:
+                raise UnsupportedExportError(_export_failure(error)) from error
+        onnx.checker.check_model(temporary, full_check=True)
+        os.replace(temporary, path)
+    finally:
+        if osp.exists(temporary):
+            os.unlink(temporary)
+    return frozen_values(caught)
+
+
+def _export_failure(error: BaseException) -> str:
+    """One line naming the operator torch could not export."""
+    text = str(error).strip()
+    first = text.splitlines()[0] if text else type(error).__name__
+    match = UNSUPPORTED_OPERATOR.search(text)
+    operator = next((group for group in match.groups() if group), None) if match else None
+    return (f'ONNX export failed' + (f' at operator {operator}' if operator else '') +
+            f' (no ONNX exporter for it at this opset?): {first}')
+
+
+def frozen_values(caught: Sequence[warnings.WarningMessage]) -> List[str]:
+    """The tracer warnings among ``caught`` (a Python value or branch taken from a tensor), deduplicated."""
+    found = []
+    for warning in caught:
+        if issubclass(warning.category, torch.jit.TracerWarning):
+            line = f'{warning.filename}:{warning.lineno}: {str(warning.message).splitlines()[0]}'
+            if line not in found:
+                found.append(line)
+    return found
