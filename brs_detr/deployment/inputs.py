@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from mmengine.config import Config
 from mmengine.dataset import Compose
+from mmengine.registry import init_default_scope
 from mmengine.structures import InstanceData
 from torch import Tensor, nn
 
@@ -48,6 +49,7 @@ class ResizedImage:
 
 def build_test_pipeline(cfg: Config) -> Callable[[dict], dict]:
     """The config's test pipeline for inference: images from a file path or an array, no annotations."""
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
     steps = [step for step in copy.deepcopy(get_test_pipeline_cfg(cfg)) if step['type'] not in ANNOTATION_STEPS]
     steps[0] = dict(type='mmdet.InferencerLoader')
     return Compose(steps)

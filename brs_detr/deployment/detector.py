@@ -1,0 +1,32 @@
+"""Build a detector from a config for export and benchmarks, with its weights loaded strictly (or random)."""
+from __future__ import annotations
+
+from typing import Optional
+
+from mmengine.config import Config
+from mmengine.registry import init_default_scope
+from mmengine.runner.checkpoint import _load_checkpoint
+from torch import nn
+
+from mmdet.registry import MODELS
+
+from brs_detr.apis.weights import load_weights_strictly
+
+
+def load_detector(cfg: Config, checkpoint: Optional[str], device: str = 'cpu') -> nn.Module:
+    """The detector of ``cfg`` in eval mode on ``device``.
+
+    Args:
+        cfg (Config): The model config (``custom_imports`` already imported by ``Config.fromfile``).
+        checkpoint (str, optional): Weights, loaded through brs-detr's safe loader and strictly (a key or shape that
+            does not fit raises :class:`~brs_detr.apis.weights.WeightsMismatchError`). None keeps PyTorch's default
+            initialization (``init_weights`` is not called, so no pretrained backbone is downloaded): for speed
+            measurements and tests only.
+        device (str): Torch device.
+    """
+    init_default_scope(cfg.get('default_scope', 'mmdet'))
+    model = MODELS.build(cfg.model)
+    if checkpoint is not None:
+        load_weights_strictly(model, _load_checkpoint(checkpoint, map_location='cpu'), checkpoint, cfg.filename)
+    model.cfg = cfg
+    return model.to(device).eval()

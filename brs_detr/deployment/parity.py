@@ -1,0 +1,71 @@
+"""The check after export: onnxruntime against the PyTorch model on the same images, as a table."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Sequence
+
+import numpy as np
+from mmengine.structures import InstanceData
+from torch import nn
+
+from .inputs import ResizedImage, pytorch_predict
+from .ort_runner import ONNXRuntimeDetector
+
+#: Defaults of the check: the first TOP_K detections must agree in order and label, boxes within BOX_RTOL
+#: relative (of the coordinate, at least 1 pixel) and scores within SCORE_ATOL.
+TOP_K = 10
+BOX_RTOL = 1e-3
+SCORE_ATOL = 1e-3
+
+
+@dataclass
+class ParityRow:
+    """One image of the check."""
+    name: str
+    shape: tuple
+    torch_count: int
+    onnx_count: int
+    compared: int
+    labels_equal: bool
+    box_error: float
+    score_error: float
+    ok: bool
+
+
+def compare(name: str, shape: tuple, reference: InstanceData, boxes: np.ndarray, scores: np.ndarray,
+            labels: np.ndarray, top_k: int = TOP_K, box_rtol: float = BOX_RTOL,
+            score_atol: float = SCORE_ATOL) -> ParityRow:
+    """Compare the first ``top_k`` detections of onnxruntime with PyTorch's, in order.
+
+    The box error is ``max |onnx - torch| / max(|torch|, 1)`` over their coordinates (relative, with a floor of
+    one pixel); the labels must be equal one by one; each side must have at least the compared number.
+    """
+    ref_boxes, ref_scores = reference.bboxes.numpy(), reference.scores.numpy()
+    ref_labels = reference.labels.numpy()
+    compared = min(top_k, len(ref_scores))
+    if len(scores) < compared:
+        return ParityRow(name, shape, len(ref_scores), len(scores), compared, False, float('inf'), float('inf'), False)
+    box_error = float(np.max(np.abs(boxes[:compared] - ref_boxes[:compared]) /
+                             np.maximum(np.abs(ref_boxes[:compared]), 1.0), initial=0.0))
+    score_error = float(np.max(np.abs(scores[:compared] - ref_scores[:compared]), initial=0.0))
+    labels_equal = bool(np.array_equal(labels[:compared], ref_labels[:compared]))
+    ok = labels_equal and box_error <= box_rtol and score_error <= score_atol
+    return ParityRow(name, shape, len(ref_scores), len(scores), compared, labels_equal, box_error, score_error, ok)
+
+
+def check_parity(model: nn.Module, runner: ONNXRuntimeDetector, images: Sequence[ResizedImage],
+                 top_k: int = TOP_K) -> List[ParityRow]:
+    """:func:`compare` onnxruntime with the model's own ``test_step`` on every image."""
+    return [compare(image.name, image.shape, pytorch_predict(model, image), *runner.run(image), top_k=top_k)
+            for image in images]
+
+
+def parity_table(rows: Sequence[ParityRow]) -> str:
+    """A Markdown table of :func:`check_parity`'s rows."""
+    lines = ['| image | input HxW | PyTorch dets | ONNX dets | compared (top-k) | labels and order | '
+             'max box rel. error | max score error | result |', '|---|---|---:|---:|---:|---|---:|---:|---|']
+    for row in rows:
+        lines.append(f'| {row.name} | {row.shape[0]}x{row.shape[1]} | {row.torch_count} | {row.onnx_count} | '
+                     f'{row.compared} | {"same" if row.labels_equal else "DIFFERENT"} | {row.box_error:.2e} | '
+                     f'{row.score_error:.2e} | {"ok" if row.ok else "FAIL"} |')
+    return '\n'.join(lines)
