@@ -2,7 +2,7 @@
 
 Usage::
 
-    python demo/image_demo.py IMAGES [IMAGES ...] CONFIG [--weights CHECKPOINT] [--out-dir outputs]
+    python demo/image_demo.py IMAGES [IMAGES ...] CONFIG [--weights CHECKPOINT | --onnx MODEL.onnx] [--out-dir outputs]
                               [--pred-score-thr 0.3] [--device auto] [--batch-size 1] [--palette none]
                               [--no-save-vis] [--no-save-pred] [--print-result] [--show] [--cfg-options K=V ...]
 
@@ -10,6 +10,8 @@ IMAGES are image files, folders (their images) or quoted glob patterns (``'data/
 writes ``OUT_DIR/vis/<stem>.png`` (the detections with a score above the threshold: boxes, masks for instance
 segmentation models, class names and scores) and ``OUT_DIR/preds/<stem>.json`` (all detections the model returns:
 ``labels``, ``scores``, ``bboxes`` as x1 y1 x2 y2 in input pixels, ``masks`` as COCO RLE). See docs/demo.md.
+``--onnx`` runs a model exported by ``tools/deployment/pytorch2onnx.py`` with onnxruntime instead of PyTorch (same
+pipeline, drawing and outputs; docs/deployment.md).
 """
 from __future__ import annotations
 
@@ -31,6 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help='image files, folders or quoted glob patterns ("dir/*.jpg", "dir/**/*.png")')
     parser.add_argument('config', help='model config file')
     parser.add_argument('--weights', help='checkpoint file (without it the model keeps its random initialization)')
+    parser.add_argument('--onnx', help='run this exported model (tools/deployment/pytorch2onnx.py) with onnxruntime '
+                        'instead of the PyTorch model; CONFIG is the config it was exported from')
     parser.add_argument('--out-dir', default='outputs', help='output folder: vis/<stem>.png and preds/<stem>.json')
     parser.add_argument('--pred-score-thr', '--score-thr', dest='pred_score_thr', type=float, default=0.3,
                         help='draw the detections whose score is above this (default 0.3); the saved predictions '
@@ -59,6 +63,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
     check_config_file(args.config)
+    if args.weights is not None and args.onnx is not None:
+        parser.error('--weights and --onnx exclude each other: an exported model carries its weights')
     if args.weights is not None:
         check_checkpoint_file(args.weights, 'weights')
     if args.show and not has_display():
@@ -69,8 +75,14 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from brs_detr.apis.image_inputs import collect_images
 
     images = collect_images(args.inputs)  # before the model is built: a typo fails in seconds
-    inferencer = BRSDetInferencer(model=args.config, weights=args.weights, device=args.device, palette=args.palette,
-                                  cfg_options=args.cfg_options)
+    if args.onnx is not None:
+        from brs_detr.deployment.onnx_inferencer import ONNXDetInferencer
+        device = None if args.device == 'auto' else args.device
+        inferencer = ONNXDetInferencer(model=args.config, onnx_file=args.onnx, device=device, palette=args.palette,
+                                       cfg_options=args.cfg_options)
+    else:
+        inferencer = BRSDetInferencer(model=args.config, weights=args.weights, device=args.device,
+                                      palette=args.palette, cfg_options=args.cfg_options)
     save_vis, save_pred = not args.no_save_vis, not args.no_save_pred
     inferencer(images, batch_size=args.batch_size, show=args.show, pred_score_thr=args.pred_score_thr,
                no_save_vis=not save_vis, no_save_pred=not save_pred, print_result=args.print_result,
