@@ -199,3 +199,26 @@ def test_toy_paa_trains_with_the_tools(tmp_path, make_toy_coco_module, tool_env)
     train_lines = [line for line in done.stdout.splitlines() if 'Epoch(train)' in line]
     assert train_lines and all('loss_rank:' in line and 'loss_sort:' in line for line in train_lines)
     assert not any('centerness' in line or 'loss_iou' in line for line in train_lines)  # no IoU branch
+
+
+def test_score_voting_in_tensor_ops_equals_paa_loops():
+    """RankBasedPAAHead.score_voting (one IoU matrix, traceable for ONNX) gives PAAHead's boxes, scores, labels and
+    order (grouped by class), float64, with classes that have no detection and detections of several classes."""
+    from mmdet.models.layers import multiclass_nms
+    generator = torch.Generator().manual_seed(0)
+    head = build_paa('BRS')
+    num_boxes, num_classes = 300, head.cls_out_channels
+    corners = torch.rand(num_boxes, 2, generator=generator, dtype=torch.float64) * 100
+    boxes = torch.cat([corners, corners + torch.rand(num_boxes, 2, generator=generator, dtype=torch.float64) * 40 + 2],
+                      1)
+    scores = torch.rand(num_boxes, num_classes, generator=generator, dtype=torch.float64)**3
+    scores[:, 1] = 0  # a class without candidates
+    scores = torch.cat([scores, scores.new_zeros(num_boxes, 1)], 1)  # background column, as the head passes it
+    dets, labels = multiclass_nms(boxes.float(), scores.float(), 0.05, dict(type='nms', iou_threshold=0.6), 100)
+    dets = dets.double()  # mmcv's NMS kernel takes float32
+    expected = PAAHead.score_voting(head, dets, labels, boxes, scores, 0.05)
+    voted = head.score_voting(dets, labels, boxes, scores, 0.05)
+    assert torch.equal(voted[1], expected[1]) and len(set(labels.tolist())) > 1
+    torch.testing.assert_close(voted[0], expected[0], rtol=1e-12, atol=1e-12)
+    empty = head.score_voting(dets[:0], labels[:0], boxes, scores, 0.05)
+    assert empty[0].shape == (0, 5) and empty[1].shape == (0, )

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Install the whole brs-detr stack into a virtual environment:
 #   torch 2.13.0, mmengine 0.10.7, mmcv 2.1.0 compiled with its ops, mmdet 3.3.0, pycocotools, scikit-learn,
-#   timm 1.0.31 with torchvision 0.28.0, the test tools, and brs-detr itself (editable).
+#   timm 1.0.31 with torchvision 0.28.0, the test tools, onnx + onnxruntime (optional, requirements/deploy.txt)
+#   and brs-detr itself (editable).
 #
-# Usage: bash tools/install.sh [VENV_DIR]        (default: .venv in the repository root)
+# Usage: bash tools/install.sh [--no-deploy] [VENV_DIR]   (default: .venv in the repository root)
+#   --no-deploy      skip the optional onnx / onnxruntime (requirements/deploy.txt: ONNX export and runtime)
 #
 # Environment:
 #   BRS_WHEEL_CACHE  where compiled mmcv wheels are kept and reused (default ~/.cache/brs-detr/wheels)
@@ -30,6 +32,11 @@ if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
   exit 0
 fi
 
+WITH_DEPLOY=1
+if [ "${1:-}" = "--no-deploy" ]; then
+  WITH_DEPLOY=0
+  shift
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${1:-$ROOT/.venv}"
 CONSTRAINTS="$ROOT/requirements/constraints.txt"
@@ -107,6 +114,10 @@ fi
 log "installing mmcv, mmengine, mmdet, pycocotools, timm, test tools and brs-detr"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" "$MMCV_WHEEL"
 "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements.txt" -r "$ROOT/requirements/tests.txt"
+if [ "$WITH_DEPLOY" = "1" ]; then
+  log "installing onnx and onnxruntime (optional: ONNX export, demo --onnx, benchmark --onnx)"
+  "${PIP[@]}" install -q -c "$CONSTRAINTS" -r "$ROOT/requirements/deploy.txt"
+fi
 # torchvision (timm imports it) must import next to the installed torch. The registry's torchvision is a CUDA
 # build; next to a CPU-only torch its ops library cannot load, and the fake-kernel registrations of
 # torchvision::nms/qnms in _meta_registrations.py then fail at import ("operator torchvision::nms does not
@@ -191,4 +202,7 @@ print(f'[install] OK: torch {torch.__version__} (cuda available: {cuda}), mmengi
       f'mmcv {mmcv.__version__} with ops, mmdet {mmdet.__version__}, timm {timm.__version__}, '
       f'torchvision {torchvision.__version__} ({tv_ops} its C++ ops), brs_detr {brs_detr.__version__}')
 EOF
+if [ "$WITH_DEPLOY" = "1" ]; then
+  "$PY" -c 'import onnx, onnxruntime; print(f"[install] OK: onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")'
+fi
 log "done. Activate with: source $VENV/bin/activate"

@@ -3,7 +3,7 @@
 Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show-dir DIR] [--show]
-                         [--skip-data-check] [--cfg-options [+]KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+                         [--tta] [--skip-data-check] [--cfg-options [+]KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
 Multi-process testing goes through ``tools/dist_test.sh`` (torchrun) or ``tools/slurm_test.sh``.
 The logic lives in :func:`brs_detr.apis.test.test`; docs/tools.md describes the options.
@@ -27,6 +27,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--show-dir', help='directory where painted images are saved; a relative path is '
                         'relative to work_dir/<timestamp>/')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of --show (s)')
+    parser.add_argument('--tta', action='store_true', help='test-time augmentation: wrap the model in the '
+                        "config's tta_model and test with its tta_pipeline (both must be in the config)")
     parser.add_argument('--skip-data-check', action='store_true',
                         help='do not check the annotation file and images of the test set first')
     add_launch_arguments(parser)

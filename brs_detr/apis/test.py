@@ -8,13 +8,15 @@
 * ``--out`` writes the predictions pickle atomically (temporary file in the same directory, then ``os.replace``).
 * ``--show`` without a display is turned off with a warning instead of crashing; ``--show-dir`` needs no display.
 * On a machine without CUDA a distributed run uses gloo (see :mod:`brs_detr.apis.train`).
+* ``--tta`` wraps the model in the config's ``tta_model`` and tests with its ``tta_pipeline`` (mmdet's semantics);
+  a config without them fails with a message naming the missing key.
 """
 from __future__ import annotations
 
 import argparse
 from typing import Optional
 
-from mmengine.config import Config
+from mmengine.config import Config, ConfigDict
 
 from brs_detr.engine.dist import setup_distributed_without_cuda
 from .cli import has_display
@@ -66,6 +68,25 @@ def enable_visualization(cfg: Config, show: bool, show_dir: Optional[str], wait_
         hook['test_out_dir'] = show_dir
 
 
+def enable_tta(cfg: Config) -> None:
+    """``--tta`` as mmdet 3.x's tools/test.py does it: wrap the model in ``cfg.tta_model`` and test with
+    ``cfg.tta_pipeline``.
+
+    Raises:
+        ToolInputError: The config has no ``tta_model`` or ``tta_pipeline`` (mmdet would fall back to a flip with
+            NMS that suits neither every model nor every data set; here the config says what it wants).
+    """
+    missing = [key for key in ('tta_model', 'tta_pipeline') if cfg.get(key) is None]
+    if missing:
+        raise ToolInputError(f'--tta needs {" and ".join(missing)} in the config {cfg.filename} (docs/tools.md: '
+                             f'configs/_base_/tta/*.py have examples)')
+    cfg.model = ConfigDict(**cfg.tta_model, module=cfg.model)
+    dataset_cfg = cfg.test_dataloader.dataset
+    while 'dataset' in dataset_cfg:  # dataset wrappers
+        dataset_cfg = dataset_cfg['dataset']
+    dataset_cfg.pipeline = cfg.tta_pipeline
+
+
 def test(args: argparse.Namespace) -> None:
     """Test as ``tools/test.py`` does with the parsed ``args`` (see ``tools/test.py --help``)."""
     if args.out is not None and not args.out.endswith(PICKLE_SUFFIXES):
@@ -84,6 +105,8 @@ def test(args: argparse.Namespace) -> None:
         show = False
     if show or args.show_dir:
         enable_visualization(cfg, show, args.show_dir, args.wait_time)
+    if getattr(args, 'tta', False):
+        enable_tta(cfg)
     prepare_datasets(cfg, TEST_SPLITS, args.skip_data_check)
 
     setup_distributed_without_cuda(cfg)

@@ -27,6 +27,11 @@ def load_detector(cfg: Config, checkpoint: Optional[str], device: str = 'cpu') -
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
-        load_weights_strictly(model, _load_checkpoint(checkpoint, map_location='cpu'), checkpoint, cfg.filename)
+        load_weights(model, checkpoint, cfg)
     model.cfg = cfg
     return model.to(device).eval()
+
+
+def load_weights(model: nn.Module, checkpoint: str, cfg: Config) -> None:
+    """Load ``checkpoint`` into ``model`` through brs-detr's safe loader, strictly (see :func:`load_detector`)."""
+    load_weights_strictly(model, _load_checkpoint(checkpoint, map_location='cpu'), checkpoint, cfg.filename)

@@ -15,7 +15,7 @@ import os.path as osp
 import re
 import tempfile
 import warnings
-from typing import Iterator, List, Sequence, Tuple
+from typing import Any, Iterator, List, Sequence, Tuple
 from unittest import mock
 
 import torch
@@ -25,6 +25,7 @@ from .dependencies import import_optional
 from .errors import UnsupportedExportError
 from .msda import tensor_msda
 from .nms import UnsupportedNMSError, exportable_nms
+from .symbolics import fixed_symbolics
 
 #: Default ONNX opset: GridSample (deformable attention) needs 16; 17 is what onnxruntime, TensorRT >= 8.6 and
 #: OpenVINO all read.
@@ -34,6 +35,8 @@ INPUT_NAMES = ('image', 'scale_factor')
 OUTPUT_NAMES = ('boxes', 'scores', 'labels')
 #: Names of the dynamic axes.
 HEIGHT, WIDTH, NUM_DETECTIONS = 'height', 'width', 'num_detections'
+#: ONNX domains of the standard operators.
+STANDARD_DOMAINS = ('', 'ai.onnx')
 #: The operator named by torch's "not supported" export errors.
 UNSUPPORTED_OPERATOR = re.compile(r"operator '([^']+)'|(prim::PythonOp|aten::\w+|mmcv::\w+)")
 
@@ -85,7 +88,8 @@ def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, o
     handle, temporary = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
     os.close(handle)
     try:
-        with export_context(), warnings.catch_warnings(record=True) as caught, torch.no_grad():
+        with export_context(), fixed_symbolics(opset), warnings.catch_warnings(record=True) as caught, \
+                torch.no_grad():
             warnings.simplefilter('always')
             try:
                 torch.onnx.export(wrapper, example, temporary, dynamo=False, opset_version=opset,
@@ -95,12 +99,25 @@ def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, o
                 raise UnsupportedExportError(str(error)) from error
             except (torch.onnx.errors.OnnxExporterError, RuntimeError) as error:
                 raise UnsupportedExportError(_export_failure(error)) from error
+        check_standard_operators(onnx.load(temporary))
         onnx.checker.check_model(temporary, full_check=True)
         os.replace(temporary, path)
     finally:
         if osp.exists(temporary):
             os.unlink(temporary)
     return frozen_values(caught)
+
+
+def check_standard_operators(model: Any) -> None:
+    """Raise :class:`UnsupportedExportError` naming the nodes (module path and operator) outside the standard ONNX
+    domain: mmcv's compiled ops (deformable convolution, ...) export to their own ``mmcv`` domain, which
+    onnxruntime cannot run without MMDeploy's custom-op library."""
+    custom = [f'{node.name or node.op_type} ({node.domain}::{node.op_type})' for node in model.graph.node
+              if node.domain not in STANDARD_DOMAINS]
+    if custom:
+        raise UnsupportedExportError(f'the graph needs operators outside the ONNX standard, which onnxruntime cannot '
+                                     f'run: {", ".join(custom[:5])}' + (f' and {len(custom) - 5} more'
+                                                                        if len(custom) > 5 else ''))
 
 
 def _export_failure(error: BaseException) -> str:

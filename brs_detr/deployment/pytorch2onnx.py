@@ -9,7 +9,7 @@ from brs_detr.apis.image_inputs import collect_images
 from brs_detr.apis.launch import ToolInputError, check_checkpoint_file, check_config_file, load_config
 from .builder import build_export_wrapper
 from .dependencies import import_optional
-from .detector import load_detector
+from .detector import load_detector, load_weights
 from .exporter import export_onnx
 from .inputs import ResizedImage, build_test_pipeline, default_shape, load_resized, synthetic_images
 from .ort_runner import ONNXRuntimeDetector
@@ -57,8 +57,9 @@ def run(args: argparse.Namespace) -> int:
             raise ToolInputError(f'{wrong[0].name} resizes to {wrong[0].shape[0]}x{wrong[0].shape[1]} with the test '
                                  f'pipeline, not the export shape {shape[0]}x{shape[1]}: use --dynamic-shape, or '
                                  f'--shape/--images that agree')
-    model = load_detector(cfg, args.checkpoint)
-    wrapper = build_export_wrapper(model)
+    model = load_detector(cfg, None)
+    wrapper = build_export_wrapper(model)  # an unsupported model fails before its weights are read
+    load_weights(model, args.checkpoint, cfg)
     example = next((image for image in images if image.shape == shape), images[0])
     frozen = export_onnx(wrapper, example.graph_inputs(), args.out, opset=args.opset, dynamic_shape=args.dynamic_shape)
     size = 'HxW (dynamic)' if args.dynamic_shape else f'{shape[0]}x{shape[1]}'

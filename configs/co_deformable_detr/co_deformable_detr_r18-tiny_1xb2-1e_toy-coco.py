@@ -7,6 +7,7 @@ _base_ = [
     '../_base_/models/co_deformable_detr_r50.py',
     '../_base_/datasets/toy_coco_detection.py',
     'mmdet::_base_/default_runtime.py',
+    '../_base_/tta/detr_flip_toy.py',
 ]
 custom_imports = dict(imports=['brs_detr'], allow_failed_imports=False)
 

@@ -5,6 +5,7 @@ _base_ = [
     '../_base_/models/co_deformable_detr_r50.py',
     'mmdet::_base_/datasets/coco_detection.py',
     'mmdet::_base_/default_runtime.py',
+    '../_base_/tta/detr_flip_coco.py',
 ]
 custom_imports = dict(imports=['brs_detr'], allow_failed_imports=False)
 

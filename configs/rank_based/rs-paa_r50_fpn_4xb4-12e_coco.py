@@ -4,7 +4,7 @@
 # and the GIoU loss is weighted by the positives' scores and value-matched to it (Eq. 17); three anchor scales per
 # location (octave base 4, 3 scales per octave) as in the released RS/BRS PAA config; SGD lr 0.008 at a total batch
 # of 16 (4 GPUs x 4 images).
-_base_ = 'mmdet::paa/paa_r50_fpn_1x_coco.py'
+_base_ = ['mmdet::paa/paa_r50_fpn_1x_coco.py', '../_base_/tta/cnn_flip_ms_coco.py']
 custom_imports = dict(imports=['brs_detr'], allow_failed_imports=False)
 
 model = dict(

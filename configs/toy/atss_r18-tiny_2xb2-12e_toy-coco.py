@@ -5,6 +5,7 @@
 _base_ = [
     '../_base_/datasets/toy_coco_detection.py',
     'mmdet::_base_/default_runtime.py',
+    '../_base_/tta/cnn_flip_ms_toy.py',
 ]
 custom_imports = dict(imports=['brs_detr'], allow_failed_imports=False)
 

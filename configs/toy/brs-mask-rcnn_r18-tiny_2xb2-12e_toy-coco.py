@@ -6,6 +6,9 @@
 #   python tools/make_toy_coco.py data/toy_coco
 #   python tools/train.py configs/toy/brs-mask-rcnn_r18-tiny_2xb2-12e_toy-coco.py
 _base_ = './atss_r18-tiny_2xb2-12e_toy-coco.py'
+# no test-time augmentation: mmdet's DetTTAModel merges boxes only, not masks (tools/test.py --tta says so)
+tta_model = None
+tta_pipeline = None
 
 num_classes = 3
 neck_channels = 64  # the FPN width of the base config

@@ -8,7 +8,7 @@ import re
 from typing import Callable, List, Optional, Union
 
 from mmengine.logging import print_log
-from mmengine.model import is_model_wrapper
+from mmengine.model import BaseTTAModel, is_model_wrapper
 from mmengine.runner import Runner
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
@@ -148,7 +148,8 @@ class ReliableRunner(Runner):
         checkpoint = _load_checkpoint(filename, map_location=map_location)
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
-        self._check_fit(filename, checkpoint, model, revise_keys)
+        # mmengine loads the weights of a test-time-augmentation model into its detector (tools/test.py --tta)
+        self._check_fit(filename, checkpoint, model.module if isinstance(model, BaseTTAModel) else model, revise_keys)
         checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
