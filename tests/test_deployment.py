@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from mmengine.config import Config
 
 from conftest import CONFIGS_DIR, REPO_ROOT, TOOLS_DIR

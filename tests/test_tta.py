@@ -30,26 +30,39 @@ def random_checkpoint(config: Path, path: Path) -> Path:
     return path
 
 
-def test_tools_test_tta_end_to_end(toy_coco_root, tmp_path):
-    """--tta on the tiny ATSS (flip x 3 scales, NMS) and the tiny BRS-DETR (flip, WBF): the TTA model is built
-    from the config and evaluates every test image."""
-    for config, tta_type in ((ATSS_CONFIG, 'DetTTAModel'), (BRS_DETR_CONFIG, 'WBFDetTTAModel')):
-        assert Config.fromfile(str(config)).tta_model.type == tta_type
-        checkpoint = random_checkpoint(config, tmp_path / f'{config.stem}.pth')
-        work_dir = tmp_path / config.stem
-        done = subprocess.run([sys.executable, str(TOOLS_DIR / 'test.py'), str(config), str(checkpoint), '--tta',
-                               '--work-dir', str(work_dir), '--out', str(tmp_path / f'{config.stem}.pkl')],
-                              cwd=toy_coco_root.parents[1], capture_output=True, text=True, timeout=300,
-                              env={**os.environ, 'OMP_NUM_THREADS': '1'})
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        assert MAP_PATTERN.search(done.stdout + done.stderr)
-        import pickle
-        with open(tmp_path / f'{config.stem}.pkl', 'rb') as file:
-            results = pickle.load(file)
-        assert len(results) == len(list((toy_coco_root / 'val').iterdir()))
-        # the merged predictions are in the original image's pixels (128x128 toy images)
-        boxes = torch.cat([torch.as_tensor(result['pred_instances']['bboxes']) for result in results])
-        assert len(boxes) > 0 and boxes.min() >= 0 and boxes.max() <= 128 + 1e-3
+def check_tta_results(results_file: Path, num_images: int) -> None:
+    import pickle
+    with open(results_file, 'rb') as file:
+        results = pickle.load(file)
+    assert len(results) == num_images
+    # the merged predictions are in the original image's pixels (128x128 toy images)
+    boxes = torch.cat([torch.as_tensor(result['pred_instances']['bboxes']) for result in results])
+    assert len(boxes) > 0 and boxes.min() >= 0 and boxes.max() <= 128 + 1e-3
+
+
+def test_tools_test_tta_on_the_tiny_atss(toy_coco_root, tmp_path):
+    """tools/test.py --tta as a user runs it: flip x 3 scales merged by NMS (mmdet's DetTTAModel)."""
+    assert Config.fromfile(str(ATSS_CONFIG)).tta_model.type == 'DetTTAModel'
+    checkpoint = random_checkpoint(ATSS_CONFIG, tmp_path / 'atss.pth')
+    done = subprocess.run([sys.executable, str(TOOLS_DIR / 'test.py'), str(ATSS_CONFIG), str(checkpoint), '--tta',
+                           '--work-dir', str(tmp_path / 'work'), '--out', str(tmp_path / 'atss.pkl')],
+                          cwd=toy_coco_root.parents[1], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert MAP_PATTERN.search(done.stdout + done.stderr)
+    check_tta_results(tmp_path / 'atss.pkl', len(list((toy_coco_root / 'val').iterdir())))
+
+
+def test_tools_test_tta_on_the_tiny_brs_detr(toy_coco_root, tmp_path, monkeypatch, capsys):
+    """tools/test.py --tta through the tool's main in this process (the subprocess path is the ATSS test's):
+    flip merged by weighted box fusion (WBFDetTTAModel)."""
+    from conftest import load_tool_module
+    assert Config.fromfile(str(BRS_DETR_CONFIG)).tta_model.type == 'WBFDetTTAModel'
+    checkpoint = random_checkpoint(BRS_DETR_CONFIG, tmp_path / 'brs_detr.pth')
+    monkeypatch.chdir(toy_coco_root.parents[1])
+    load_tool_module('test').main([str(BRS_DETR_CONFIG), str(checkpoint), '--tta', '--work-dir', str(tmp_path / 'w'),
+                                   '--out', str(tmp_path / 'brs_detr.pkl')])
+    check_tta_results(tmp_path / 'brs_detr.pkl', len(list((toy_coco_root / 'val').iterdir())))
 
 
 def test_tta_needs_tta_model_and_pipeline(toy_coco_root, tmp_path):

@@ -21,7 +21,6 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from mmengine.config import Config
 
 from brs_detr.utils.train_benchmark import PeakMemoryMeter
 

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import os.path as osp
-from typing import List, Optional, Tuple, Union
+from typing import Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -82,9 +82,6 @@ class ONNXRuntimeDetector:
         if not isinstance(image, ResizedImage):
             image = load_resized(self.pipeline, image)
         return to_instances(*self.run(image))
-
-    def predict_many(self, images: List[Union[str, np.ndarray]]) -> List[InstanceData]:
-        return [self.predict(image) for image in images]
 
 
 def to_instances(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> InstanceData:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 from brs_detr.apis.image_inputs import collect_images
 from brs_detr.apis.launch import ToolInputError, check_checkpoint_file, check_config_file, load_config
@@ -19,7 +19,7 @@ from .parity import check_parity, parity_table
 DYNAMIC_CHECK_SCALES = ((0.75, 1.0), (1.0, 0.6))
 
 
-def check_images(args: argparse.Namespace, pipeline, shape: Tuple[int, int]) -> List[ResizedImage]:
+def check_images(args: argparse.Namespace, pipeline, shape: Optional[Tuple[int, int]]) -> List[ResizedImage]:
     """The images of the parity check: ``--images`` resized by the test pipeline, or synthetic ones (the export
     shape, and for ``--dynamic-shape`` also other sizes)."""
     if args.images:
@@ -47,10 +47,12 @@ def run(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.cfg_options, 'none')
     pipeline = build_test_pipeline(cfg)
     shape = tuple(args.shape) if args.shape else None
-    images = check_images(args, pipeline, shape or default_shape(pipeline)) if not args.images else \
-        check_images(args, pipeline, (0, 0))
-    if shape is None:
-        shape = images[0].shape
+    if args.images:
+        images = check_images(args, pipeline, shape)
+        shape = shape or images[0].shape
+    else:
+        shape = shape or default_shape(pipeline)
+        images = check_images(args, pipeline, shape)
     if not args.dynamic_shape:
         wrong = [image for image in images if image.shape != shape]
         if wrong:
