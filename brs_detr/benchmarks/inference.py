@@ -168,10 +168,10 @@ def format_table(config: str, results: Sequence[InferenceResult]) -> str:
     lines = ['| config | backend | device | input HxW | images/s | latency median ms | latency p90 ms | '
              'images/s per round | peak memory MiB (+ during inference) |', '|---|---|---|---|---:|---:|---:|---|---:|']
     for result in results:
-        rounds = ', '.join(f'{rate:.2f}' for rate in result.round_rates)
+        rounds = ', '.join(f'{rate:.3g}' for rate in result.round_rates)
         extra = result.peak_memory - result.baseline_memory
         lines.append(f'| {os.path.basename(config)} | {result.backend} | {result.device} | '
-                     f'{result.shape[0]}x{result.shape[1]} | {result.images_per_second:.2f} | {result.median_ms:.1f} | '
+                     f'{result.shape[0]}x{result.shape[1]} | {result.images_per_second:.3g} | {result.median_ms:.1f} | '
                      f'{result.p90_ms:.1f} | {rounds} | {result.peak_memory / MIB:.0f} (+{extra / MIB:.0f}, '
                      f'{result.memory_kind}) |')
     return '\n'.join(lines)
