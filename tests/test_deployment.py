@@ -214,6 +214,32 @@ def test_export_tool_checks_and_compares(exported_atss):
     assert exported_atss['onnx'].is_file()
 
 
+def test_export_tool_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    """In this process (the subprocess run of the same is slow-marked): exit status 2 and one line naming the
+    problem, nothing written."""
+    from brs_detr.apis.launch import run_tool_main
+    from conftest import load_tool_module
+    tool = load_tool_module('deployment/pytorch2onnx')
+    checkpoint = tmp_path / 'mask.pth'
+    torch.save({'state_dict': random_detector(MASK_RCNN_CONFIG).state_dict()}, checkpoint)
+    image = tmp_path / 'image.png'
+    cv2.imwrite(str(image), np.zeros((120, 160, 3), np.uint8))
+    monkeypatch.setattr(sys, 'argv', ['pytorch2onnx.py'])
+    cases = (([MASK_RCNN_CONFIG, checkpoint, '--out', tmp_path / 'm.onnx'], 'MaskRCNN (two-stage): its RoI head'),
+             ([ATSS_CONFIG, checkpoint, '--out', tmp_path / 'a.onnx'], 'do not fit the model of'),
+             ([ATSS_CONFIG, checkpoint, '--out', tmp_path / 'a.onnx', '--opset', '13'], 'opset >= 16'),
+             ([ATSS_CONFIG, checkpoint, '--out', tmp_path / 'a.onnx', '--shape', '64', '64', '--images', image],
+              'image.png resizes to 96x128 with the test pipeline, not the export shape 64x64'),
+             ([ATSS_CONFIG, tmp_path / 'missing.pth', '--out', tmp_path / 'a.onnx'], 'checkpoint file not found'))
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as exit_info:
+            run_tool_main(lambda: tool.main([str(arg) for arg in argv]))
+        error = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 2 and error[-1].startswith('pytorch2onnx.py: error: ') and message in error[-1]
+        assert not list(tmp_path.glob('*.onnx'))
+
+
+@pytest.mark.slow
 def test_export_tool_reports_an_unsupported_model_in_one_line(exported_atss, tmp_path):
     done = run([EXPORT_TOOL, MASK_RCNN_CONFIG, exported_atss['checkpoint'], '--out', tmp_path / 'm.onnx'],
                cwd=REPO_ROOT, expect_rc=2)
@@ -221,6 +247,7 @@ def test_export_tool_reports_an_unsupported_model_in_one_line(exported_atss, tmp
     assert 'Traceback' not in done.stderr and not (tmp_path / 'm.onnx').exists()
 
 
+@pytest.mark.slow
 def test_demo_onnx_draws_the_same_detections(exported_atss, tmp_path):
     """demo --onnx against the PyTorch demo's inferencer on the same images: same boxes, labels, picture."""
     from brs_detr.apis import BRSDetInferencer
@@ -240,6 +267,7 @@ def test_demo_onnx_draws_the_same_detections(exported_atss, tmp_path):
         assert (drawn[0] != drawn[1]).any(axis=2).mean() < 1e-3  # a 1e-5 px box shift may round one pixel
 
 
+@pytest.mark.slow
 def test_benchmark_tool_prints_both_backends(exported_atss):
     done = run([BENCHMARK_TOOL, ATSS_CONFIG, exported_atss['checkpoint'], '--onnx', exported_atss['onnx'],
                 '--max-iter', '2', '--num-warmup', '1', '--img-size', '128', '128'], cwd=REPO_ROOT)

@@ -40,6 +40,7 @@ def check_tta_results(results_file: Path, num_images: int) -> None:
     assert len(boxes) > 0 and boxes.min() >= 0 and boxes.max() <= 128 + 1e-3
 
 
+@pytest.mark.slow
 def test_tools_test_tta_on_the_tiny_atss(toy_coco_root, tmp_path):
     """tools/test.py --tta as a user runs it: flip x 3 scales merged by NMS (mmdet's DetTTAModel)."""
     assert Config.fromfile(str(ATSS_CONFIG)).tta_model.type == 'DetTTAModel'
@@ -54,7 +55,7 @@ def test_tools_test_tta_on_the_tiny_atss(toy_coco_root, tmp_path):
 
 
 def test_tools_test_tta_on_the_tiny_brs_detr(toy_coco_root, tmp_path, monkeypatch, capsys):
-    """tools/test.py --tta through the tool's main in this process (the subprocess path is the ATSS test's):
+    """tools/test.py --tta through the tool's main in this process (the subprocess run is the slow ATSS test):
     flip merged by weighted box fusion (WBFDetTTAModel)."""
     from conftest import load_tool_module
     assert Config.fromfile(str(BRS_DETR_CONFIG)).tta_model.type == 'WBFDetTTAModel'

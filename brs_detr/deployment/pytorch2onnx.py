@@ -10,7 +10,7 @@ from brs_detr.apis.launch import ToolInputError, check_checkpoint_file, check_co
 from .builder import build_export_wrapper
 from .dependencies import import_optional
 from .detector import load_detector, load_weights
-from .exporter import export_onnx
+from .exporter import MIN_OPSET, export_onnx
 from .inputs import ResizedImage, build_test_pipeline, default_shape, load_resized, synthetic_images
 from .ort_runner import ONNXRuntimeDetector
 from .parity import check_parity, parity_table
@@ -40,6 +40,8 @@ def run(args: argparse.Namespace) -> int:
     check_checkpoint_file(args.checkpoint)
     if not args.out.endswith('.onnx'):
         raise ToolInputError(f'--out must name a .onnx file, got {args.out}')
+    if args.opset < MIN_OPSET:
+        raise ToolInputError(f'--opset {args.opset}: the exported graphs need ONNX GridSample, opset >= {MIN_OPSET}')
     if args.shape is not None and min(args.shape) < 1:
         raise ToolInputError(f'--shape must be two positive sizes H W, got {args.shape}')
     for module in ('onnx', 'onnxruntime'):
