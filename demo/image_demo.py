@@ -2,9 +2,10 @@
 
 Usage::
 
-    python demo/image_demo.py IMAGES [IMAGES ...] CONFIG [--weights CHECKPOINT | --onnx MODEL.onnx] [--out-dir outputs]
-                              [--pred-score-thr 0.3] [--device auto] [--batch-size 1] [--palette none]
-                              [--no-save-vis] [--no-save-pred] [--print-result] [--show] [--cfg-options K=V ...]
+    python demo/image_demo.py IMAGES [IMAGES ...] CONFIG [--weights CHECKPOINT | --onnx MODEL.onnx]
+                              [--out-dir outputs] [--pred-score-thr 0.3] [--device auto] [--batch-size 1]
+                              [--palette none] [--no-save-vis] [--no-save-pred] [--print-result] [--show]
+                              [--cfg-options K=V ...]
 
 IMAGES are image files, folders (their images) or quoted glob patterns (``'data/**/*.jpg'``). For every image it
 writes ``OUT_DIR/vis/<stem>.png`` (the detections with a score above the threshold: boxes, masks for instance
@@ -67,6 +68,8 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error('--weights and --onnx exclude each other: an exported model carries its weights')
     if args.weights is not None:
         check_checkpoint_file(args.weights, 'weights')
+    if args.onnx is not None and not osp.isfile(args.onnx):
+        parser.error(f'--onnx file not found: {args.onnx}')
     if args.show and not has_display():
         parser.error('--show needs a display (DISPLAY/WAYLAND_DISPLAY is not set); the drawn images are saved '
                      f'under {osp.join(args.out_dir, "vis")} without it')

@@ -203,6 +203,6 @@ print(f'[install] OK: torch {torch.__version__} (cuda available: {cuda}), mmengi
       f'torchvision {torchvision.__version__} ({tv_ops} its C++ ops), brs_detr {brs_detr.__version__}')
 EOF
 if [ "$WITH_DEPLOY" = "1" ]; then
-  "$PY" -c 'import onnx, onnxruntime; print(f"[install] OK: onnx {onnx.__version__}, onnxruntime {onnxruntime.__version__}")'
+  "$PY" -c 'import onnx, onnxruntime as ort; print(f"[install] OK: onnx {onnx.__version__}, onnxruntime {ort.__version__}")'
 fi
 log "done. Activate with: source $VENV/bin/activate"

@@ -3,7 +3,8 @@
 Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show-dir DIR] [--show]
-                         [--tta] [--skip-data-check] [--cfg-options [+]KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+                         [--tta] [--skip-data-check] [--cfg-options [+]KEY=VALUE ...]
+                         [--launcher {none,pytorch,slurm,mpi}]
 
 Multi-process testing goes through ``tools/dist_test.sh`` (torchrun) or ``tools/slurm_test.sh``.
 The logic lives in :func:`brs_detr.apis.test.test`; docs/tools.md describes the options.
