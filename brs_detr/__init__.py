@@ -14,7 +14,7 @@ from .registration import defer_registration, install_checkpoint_safety, registe
 from .version import __version__
 
 #: Subpackages, imported on first access as attributes of ``brs_detr``.
-SUBPACKAGES = ('analysis', 'apis', 'benchmarks', 'datasets', 'engine', 'fileio', 'models', 'zoo')
+SUBPACKAGES = ('analysis', 'apis', 'benchmarks', 'datasets', 'deployment', 'engine', 'fileio', 'models', 'zoo')
 
 __all__ = ['__version__', 'register_all_modules', 'install_checkpoint_safety']
 

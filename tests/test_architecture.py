@@ -30,6 +30,7 @@ LAYERS = (
     ('engine', ),
     ('zoo', 'benchmarks', 'analysis'),
     ('apis', ),
+    ('deployment', ),
     ('registration', ),
     ('__init__', ),
 )

@@ -149,7 +149,7 @@ def test_dynamic_shape_export_runs_at_other_sizes(tmp_path):
 
 
 def test_static_graph_refuses_another_size(tmp_path):
-    from brs_detr.apis.launch import ToolInputError
+    from brs_detr.apis.cli import ToolInputError
     from brs_detr.deployment import build_export_wrapper, export_onnx, synthetic_images
     from brs_detr.deployment.ort_runner import ONNXRuntimeDetector
     model = random_detector(ATSS_CONFIG)
@@ -217,7 +217,7 @@ def test_export_tool_checks_and_compares(exported_atss):
 def test_export_tool_errors_are_one_line(tmp_path, capsys, monkeypatch):
     """In this process (the subprocess run of the same is slow-marked): exit status 2 and one line naming the
     problem, nothing written."""
-    from brs_detr.apis.launch import run_tool_main
+    from brs_detr.apis.cli import run_tool_main
     from conftest import load_tool_module
     tool = load_tool_module('deployment/pytorch2onnx')
     checkpoint = tmp_path / 'mask.pth'

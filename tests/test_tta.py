@@ -67,7 +67,7 @@ def test_tools_test_tta_on_the_tiny_brs_detr(toy_coco_root, tmp_path, monkeypatc
 
 
 def test_tta_needs_tta_model_and_pipeline(toy_coco_root, tmp_path):
-    from brs_detr.apis.launch import ToolInputError
+    from brs_detr.apis.cli import ToolInputError
     from brs_detr.apis.test import enable_tta
     cfg = Config.fromfile(str(MASK_RCNN_CONFIG))
     with pytest.raises(ToolInputError, match='--tta needs tta_model and tta_pipeline in the config'):

@@ -1,4 +1,6 @@
-"""Inference speed and memory of a detector in PyTorch and as an exported ONNX model (onnxruntime).
+"""Inference speed and memory of a detector in PyTorch and as an exported ONNX model (onnxruntime): the timing,
+the memory and the table. The models and images are built by :mod:`brs_detr.deployment.benchmark`
+(``tools/analysis_tools/benchmark.py``).
 
 What is timed, for both backends the same: one image already resized by the config's test pipeline (loading and
 resizing are outside, as they are the same for both) to the final boxes, scores and labels: normalization, padding,
@@ -8,7 +10,7 @@ Batch 1. Warm-up calls are excluded; ``repeat_num`` rounds of ``max_iter`` timed
 
 Memory: CUDA: ``torch.cuda.max_memory_allocated`` during the timed calls (PyTorch only: onnxruntime's CUDA arena
 is outside torch); CPU: the process's peak resident set size during the timed calls (``/proc/self/clear_refs`` +
-``VmHWM``, :class:`~brs_detr.utils.train_benchmark.PeakMemoryMeter`), as an absolute value (everything the process
+``VmHWM``, :class:`~brs_detr.benchmarks.memory.PeakMemoryMeter`), as an absolute value (everything the process
 holds, both models included) and as the extra over the value before the calls (activations and workspaces).
 """
 from __future__ import annotations
@@ -17,14 +19,13 @@ import os
 import platform
 import time
 from dataclasses import dataclass, field
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, List, Sequence, Tuple
 
 import numpy as np
 import torch
 
-from brs_detr.utils.train_benchmark import PeakMemoryMeter
+from .memory import MIB, PeakMemoryMeter
 
-MIB = 2**20
 #: Size (H, W) of the synthetic images before the test pipeline resizes them (a 4:3 camera frame; the published
 #: COCO test scale 1333x800 makes 800x1067 of it).
 DEFAULT_IMAGE_SIZE = (480, 640)
@@ -98,53 +99,6 @@ def time_calls(call: Callable[[int], object], num_images: int, device: str, memo
     result.memory_kind = ('CUDA allocated' if memory_type == 'cuda' else
                           'peak RSS' if meter.resettable else 'lifetime peak RSS')
     return result
-
-
-def benchmark_inference(config: str, checkpoint: Optional[str] = None, onnx_file: Optional[str] = None,
-                        device: str = 'cpu', repeat_num: int = 1, max_iter: int = 20, num_warmup: int = 2,
-                        image_size: Sequence[int] = DEFAULT_IMAGE_SIZE, num_images: int = 4,
-                        cfg_options: Optional[dict] = None, skip_pytorch: bool = False) -> List[InferenceResult]:
-    """Time the PyTorch model of ``config`` and, when given, the exported ``onnx_file``.
-
-    Args:
-        config (str): Config file.
-        checkpoint (str, optional): Weights (None: random weights, fine for speed).
-        onnx_file (str, optional): A model exported from this config by ``tools/deployment/pytorch2onnx.py``.
-        device (str): ``cpu`` or ``cuda[:N]``, for both backends.
-        repeat_num, max_iter, num_warmup (int): Rounds, timed calls per round, warm-up calls.
-        image_size (sequence[int]): (H, W) of the synthetic images before the test pipeline resizes them.
-        num_images (int): Distinct synthetic images, cycled.
-        cfg_options (dict, optional): Config overrides (checked keys, see ``--cfg-options``).
-        skip_pytorch (bool): Time only the ONNX model.
-
-    Returns:
-        list[InferenceResult]: PyTorch first, then ONNX Runtime.
-    """
-    from brs_detr.apis.launch import load_config
-    from brs_detr.deployment.detector import load_detector
-    from brs_detr.deployment.inputs import build_test_pipeline, load_resized, pytorch_predict
-
-    cfg = load_config(config, cfg_options, 'none')
-    pipeline = build_test_pipeline(cfg)
-    images = [load_resized(pipeline, image, f'synthetic-{index}')
-              for index, image in enumerate(synthetic_originals(num_images, image_size))]
-    shape = images[0].shape
-    results = []
-    if not skip_pytorch:
-        model = load_detector(cfg, checkpoint, device)
-        on_device = [type(image)(image.name, image.pixels.to(device), image.scale_factor, image.ori_shape)
-                     for image in images]
-        with torch.no_grad():
-            results.append(time_calls(lambda index: pytorch_predict(model, on_device[index]), num_images, device,
-                                      device, InferenceResult('PyTorch', device, shape), repeat_num, max_iter,
-                                      num_warmup))
-        del model
-    if onnx_file is not None:
-        from brs_detr.deployment.ort_runner import ONNXRuntimeDetector
-        runner = ONNXRuntimeDetector(onnx_file, cfg, device=device)
-        results.append(time_calls(lambda index: runner.run(images[index]), num_images, device, 'cpu',
-                                  InferenceResult('ONNX Runtime', device, shape), repeat_num, max_iter, num_warmup))
-    return results
 
 
 def describe_run(config: str, results: Sequence[InferenceResult], repeat_num: int, max_iter: int, num_warmup: int,

@@ -2,21 +2,23 @@
 
 Not imported by ``import brs_detr``: onnx and onnxruntime are optional and only imported where they are used
 (:mod:`brs_detr.deployment.dependencies`). docs/deployment.md describes the graphs, the checks and the limits.
+Names are imported on first access (``tools/deployment/pytorch2onnx.py --help`` needs neither torch nor mmdet).
 """
-from .builder import build_export_wrapper
-from .dense_wrapper import DenseDetectorExportWrapper
-from .dependencies import MissingDependencyError, import_optional
-from .detr_wrapper import DETRExportWrapper
-from .errors import UnsupportedExportError
-from .exporter import DEFAULT_OPSET, export_context, export_onnx
-from .inputs import ResizedImage, build_test_pipeline, default_shape, load_resized, pytorch_predict, synthetic_images
-from .msda import multi_scale_deformable_attn_tensor, tensor_msda
-from .nms import ExportableNMSop, exportable_nms
-from .preprocessing import InGraphPreprocessor
+from brs_detr.lazy_import import lazy_exports
 
-__all__ = [
-    'build_export_wrapper', 'DenseDetectorExportWrapper', 'MissingDependencyError', 'import_optional',
-    'DETRExportWrapper', 'UnsupportedExportError', 'DEFAULT_OPSET', 'export_context', 'export_onnx', 'ResizedImage',
-    'build_test_pipeline', 'default_shape', 'load_resized', 'pytorch_predict', 'synthetic_images',
-    'multi_scale_deformable_attn_tensor', 'tensor_msda', 'ExportableNMSop', 'exportable_nms', 'InGraphPreprocessor'
-]
+_EXPORTS = {
+    '.builder': ['build_export_wrapper'],
+    '.defaults': ['DEFAULT_OPSET'],
+    '.dense_wrapper': ['DenseDetectorExportWrapper'],
+    '.dependencies': ['MissingDependencyError', 'import_optional'],
+    '.detr_wrapper': ['DETRExportWrapper'],
+    '.errors': ['UnsupportedExportError'],
+    '.exporter': ['export_context', 'export_onnx'],
+    '.inputs': ['ResizedImage', 'build_test_pipeline', 'default_shape', 'load_resized', 'pytorch_predict',
+                'synthetic_images'],
+    '.msda': ['multi_scale_deformable_attn_tensor', 'tensor_msda'],
+    '.nms': ['ExportableNMSop', 'exportable_nms'],
+    '.preprocessing': ['InGraphPreprocessor'],
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [name for names in _EXPORTS.values() for name in names]

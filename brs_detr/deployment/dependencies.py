@@ -8,7 +8,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from brs_detr.apis.launch import ToolInputError
+from brs_detr.apis.cli import ToolInputError
 
 #: The pip requirement of each optional module (kept in step with requirements/deploy.txt).
 OPTIONAL_MODULES = {'onnx': 'onnx==1.23.2', 'onnxruntime': 'onnxruntime==1.32.0'}

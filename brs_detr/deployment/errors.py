@@ -1,5 +1,5 @@
 """Errors of the export: reported by the tools as one line (exit status 2)."""
-from brs_detr.apis.launch import ToolInputError
+from brs_detr.apis.cli import ToolInputError
 
 
 class UnsupportedExportError(ToolInputError):

@@ -21,16 +21,13 @@ from unittest import mock
 import torch
 from torch import Tensor, nn
 
+from .defaults import DEFAULT_OPSET, MIN_OPSET
 from .dependencies import import_optional
 from .errors import UnsupportedExportError
 from .msda import tensor_msda
 from .nms import UnsupportedNMSError, exportable_nms
 from .symbolics import fixed_symbolics
 
-#: Default ONNX opset: GridSample (deformable attention) needs 16; 17 is what onnxruntime, TensorRT >= 8.6 and
-#: OpenVINO all read.
-DEFAULT_OPSET = 17
-MIN_OPSET = 16
 INPUT_NAMES = ('image', 'scale_factor')
 OUTPUT_NAMES = ('boxes', 'scores', 'labels')
 #: Names of the dynamic axes.

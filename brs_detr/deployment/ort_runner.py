@@ -9,7 +9,7 @@ import torch
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
-from brs_detr.apis.launch import ToolInputError
+from brs_detr.apis.cli import ToolInputError
 from .dependencies import import_optional
 from .exporter import INPUT_NAMES, OUTPUT_NAMES
 from .inputs import ResizedImage, build_test_pipeline, load_resized

@@ -8,14 +8,9 @@ import numpy as np
 from mmengine.structures import InstanceData
 from torch import nn
 
+from .defaults import BOX_RTOL, SCORE_ATOL, TOP_K
 from .inputs import ResizedImage, pytorch_predict
 from .ort_runner import ONNXRuntimeDetector
-
-#: Defaults of the check: the first TOP_K detections must agree in order and label, boxes within BOX_RTOL
-#: relative (of the coordinate, at least 1 pixel) and scores within SCORE_ATOL.
-TOP_K = 10
-BOX_RTOL = 1e-3
-SCORE_ATOL = 1e-3
 
 
 @dataclass

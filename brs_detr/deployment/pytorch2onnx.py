@@ -6,11 +6,13 @@ import os.path as osp
 from typing import List, Optional, Tuple
 
 from brs_detr.apis.image_inputs import collect_images
-from brs_detr.apis.launch import ToolInputError, check_checkpoint_file, check_config_file, load_config
+from brs_detr.apis.cli import ToolInputError, check_checkpoint_file, check_config_file
+from brs_detr.apis.launch import load_config
 from .builder import build_export_wrapper
 from .dependencies import import_optional
 from .detector import load_detector, load_weights
-from .exporter import MIN_OPSET, export_onnx
+from .defaults import MIN_OPSET
+from .exporter import export_onnx
 from .inputs import ResizedImage, build_test_pipeline, default_shape, load_resized, synthetic_images
 from .ort_runner import ONNXRuntimeDetector
 from .parity import check_parity, parity_table

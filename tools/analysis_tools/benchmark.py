@@ -8,7 +8,8 @@ Usage::
 
 Times one resized image -> detections (normalization, network, post-processing) for the PyTorch model
 (random weights without CHECKPOINT: fine for speed) and for the --onnx model (onnxruntime), and prints a Markdown
-table: images/s, latency median and p90, peak memory. The logic lives in :mod:`brs_detr.benchmarks.inference`;
+table: images/s, latency median and p90, peak memory. The logic lives in :mod:`brs_detr.deployment.benchmark`
+(timing and table: :mod:`brs_detr.benchmarks.inference`);
 docs/deployment.md has the measured table and the commands.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
-from brs_detr.apis.launch import run_tool_main
+from brs_detr.apis.cli import ToolInputError, check_checkpoint_file, check_config_file, run_tool_main
 
 TASKS = ('inference', )
 
@@ -47,12 +48,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    from brs_detr.apis.launch import ToolInputError, check_checkpoint_file, check_config_file
+    args = parse_args(argv)  # before the heavy imports: --help and bad arguments answer at once
     from brs_detr.apis.runtime import resolve_device
-    from brs_detr.benchmarks.inference import (DEFAULT_IMAGE_SIZE, benchmark_inference, describe_run,
-                                               format_table)
+    from brs_detr.benchmarks.inference import DEFAULT_IMAGE_SIZE, describe_run, format_table
+    from brs_detr.deployment.benchmark import benchmark_inference
 
-    args = parse_args(argv)
     check_config_file(args.config)
     if args.checkpoint is not None:
         check_checkpoint_file(args.checkpoint)

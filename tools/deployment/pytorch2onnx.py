@@ -20,13 +20,11 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
-from brs_detr.apis.launch import run_tool_main
+from brs_detr.apis.cli import run_tool_main
+from brs_detr.deployment.defaults import DEFAULT_OPSET, TOP_K
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
-    from brs_detr.deployment.exporter import DEFAULT_OPSET
-    from brs_detr.deployment.parity import TOP_K
-
     parser = argparse.ArgumentParser(description='Export a detector to ONNX and check it against PyTorch')
     parser.add_argument('config', help='model config file')
     parser.add_argument('checkpoint', help='checkpoint file')
@@ -50,8 +48,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
+    args = parse_args(argv)  # before the heavy imports: --help and bad arguments answer at once
     from brs_detr.deployment.pytorch2onnx import run
-    sys.exit(run(parse_args(argv)))
+    sys.exit(run(args))
 
 
 if __name__ == '__main__':
