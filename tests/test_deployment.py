@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 from typing import List
 
@@ -22,7 +23,7 @@ import pytest
 import torch
 from mmengine.config import Config
 
-from conftest import CONFIGS_DIR, REPO_ROOT, TOOLS_DIR
+from conftest import CONFIGS_DIR, REPO_ROOT, TOOLS_DIR, python_warnings
 
 pytest.importorskip('onnx')
 pytest.importorskip('onnxruntime')
@@ -42,6 +43,7 @@ def run(args: List, cwd: Path, expect_rc: int = 0) -> subprocess.CompletedProces
     done = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True, text=True,
                           timeout=TIMEOUT_S, env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
     assert done.returncode == expect_rc, f'exit {done.returncode}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}'
+    assert python_warnings(done.stdout + done.stderr) == [], f'{args[0]} printed warnings:\n{done.stderr[-3000:]}'
     return done
 
 
@@ -177,6 +179,28 @@ def test_an_operator_without_exporter_is_named(tmp_path):
     with pytest.raises(UnsupportedExportError, match='DeformConv2d'):
         export_onnx(Wrapper().eval(), (torch.rand(1, 3, 8, 8), torch.ones(2)), str(tmp_path / 'x.onnx'))
     assert not list(tmp_path.iterdir())  # no partial file
+
+
+def test_export_returns_the_tracer_warnings_and_passes_other_warnings_on(tmp_path):
+    """The tracer's warnings (Python values fixed in the graph) are returned, not shown; any other warning raised
+    while exporting goes through the warning filters as usual (the export does not swallow it)."""
+    from brs_detr.deployment import export_onnx
+
+    class Wrapper(torch.nn.Module):
+        def forward(self, image, scale_factor):
+            warnings.warn('a warning raised while tracing', UserWarning)
+            boxes = image.flatten(1)[:, :4]
+            if scale_factor.sum() > 0:  # a branch on a tensor: fixed at export time
+                boxes = boxes * 2
+            return boxes, boxes.sum(1), scale_factor
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter('always')
+        frozen = export_onnx(Wrapper().eval(), (torch.rand(1, 3, 8, 8), torch.ones(2)), str(tmp_path / 'x.onnx'))
+    assert len(frozen) == 1 and 'Converting a tensor to a Python boolean' in frozen[0], frozen
+    assert [str(w.message) for w in caught if w.category is UserWarning and 'while tracing' in str(w.message)] == \
+        ['a warning raised while tracing']
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
 
 
 def test_missing_optional_module_is_named(monkeypatch):

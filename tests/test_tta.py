@@ -15,7 +15,7 @@ import torch
 from mmengine.config import Config
 from mmengine.structures import InstanceData
 
-from conftest import CONFIGS_DIR, TOOLS_DIR
+from conftest import CONFIGS_DIR, TOOLS_DIR, python_warnings
 
 BRS_DETR_CONFIG = CONFIGS_DIR / 'brs_detr' / 'brs-detr_r18-tiny_1xb2-1e_toy-coco.py'
 ATSS_CONFIG = CONFIGS_DIR / 'toy' / 'atss_r18-tiny_2xb2-12e_toy-coco.py'
@@ -51,6 +51,7 @@ def test_tools_test_tta_on_the_tiny_atss(toy_coco_root, tmp_path):
                           env={**os.environ, 'OMP_NUM_THREADS': '1'})
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert MAP_PATTERN.search(done.stdout + done.stderr)
+    assert python_warnings(done.stdout + done.stderr) == [], done.stderr[-3000:]
     check_tta_results(tmp_path / 'atss.pkl', len(list((toy_coco_root / 'val').iterdir())))
 
 

@@ -5,7 +5,8 @@ exporter: tracing runs mmdet's eager Python code once, so the graph is exactly w
 Functions carry their ONNX symbolic (the NMS of :mod:`~brs_detr.deployment.nms`); dynamic image sizes come from
 traced tensor shapes. The dynamo exporter needs ``torch.export`` to capture mmdet's code, which reads sizes from
 tensors (``spatial_shapes``) and branches on data, and it needs onnxscript (another dependency). torch warns that
-the TorchScript exporter is deprecated; :func:`export_onnx` records that warning instead of passing it on.
+the TorchScript exporter is deprecated (a DeprecationWarning attributed to :func:`export_onnx`, its caller); that
+warning is one of the known warnings the tools and the tests ignore (brs_detr/known_warnings.py).
 """
 from __future__ import annotations
 
@@ -85,9 +86,7 @@ def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, o
     handle, temporary = tempfile.mkstemp(prefix=f'.{osp.basename(path)}.', suffix='.tmp', dir=folder)
     os.close(handle)
     try:
-        with export_context(), fixed_symbolics(opset), warnings.catch_warnings(record=True) as caught, \
-                torch.no_grad():
-            warnings.simplefilter('always')
+        with export_context(), fixed_symbolics(opset), collect_tracer_warnings() as caught, torch.no_grad():
             try:
                 torch.onnx.export(wrapper, example, temporary, dynamo=False, opset_version=opset,
                                   input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
@@ -103,6 +102,26 @@ def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, o
         if osp.exists(temporary):
             os.unlink(temporary)
     return frozen_values(caught)
+
+
+@contextlib.contextmanager
+def collect_tracer_warnings() -> Iterator[List[warnings.WarningMessage]]:
+    """Collect the tracer's warnings (``torch.jit.TracerWarning``: a Python value or branch taken from a tensor, also
+    from brs_detr's own code) in the yielded list instead of showing them; every other warning goes through the
+    warning filters as usual (the known third-party ones are ignored, brs_detr/known_warnings.py)."""
+    caught: List[warnings.WarningMessage] = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings('always', category=torch.jit.TracerWarning)  # every frozen value, even repeated
+        show = warnings.showwarning
+
+        def collect(message, category, filename, lineno, file=None, line=None) -> None:
+            if issubclass(category, torch.jit.TracerWarning):
+                caught.append(warnings.WarningMessage(message, category, filename, lineno, file, line))
+            else:
+                show(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = collect
+        yield caught
 
 
 def check_standard_operators(model: Any) -> None:
