@@ -53,6 +53,17 @@ def random_detector(config: Path, seed: int = 0):
     return load_detector(Config.fromfile(str(config)), None)
 
 
+def test_random_weights_have_no_uninitialized_parameters():
+    """mmdet's DETRs create ``level_embed`` from uninitialized memory and fill it only in ``init_weights``, which
+    random weights skip: load_detector draws it, so that the same seed gives the same (finite) model."""
+    embeds = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        embeds.append(random_detector(BRS_DETR_CONFIG).level_embed.detach())
+    assert torch.isfinite(embeds[0]).all() and 0.8 < float(embeds[0].std()) < 1.2
+    assert torch.equal(embeds[0], embeds[1])
+
+
 # ---------------------------------------------------------------------------------------------- deformable attention
 def bilinear_reference(value: torch.Tensor, shapes: List[tuple], locations: torch.Tensor,
                        weights: torch.Tensor) -> torch.Tensor:

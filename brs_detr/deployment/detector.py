@@ -12,6 +12,10 @@ from mmdet.registry import MODELS
 
 from brs_detr.apis.weights import load_weights_strictly
 
+#: Detector parameters that mmdet creates with ``torch.Tensor(...)`` (uninitialized memory) and fills only in
+#: ``init_weights`` (``normal_``): the level embedding of DeformableDETR, DINO and so Co-DETR / BRS-DETR.
+UNINITIALIZED_PARAMETERS = ('level_embed', )
+
 
 def load_detector(cfg: Config, checkpoint: Optional[str], device: str = 'cpu') -> nn.Module:
     """The detector of ``cfg`` in eval mode on ``device``.
@@ -21,12 +25,19 @@ def load_detector(cfg: Config, checkpoint: Optional[str], device: str = 'cpu') -
         checkpoint (str, optional): Weights, loaded through brs-detr's safe loader and strictly (a key or shape that
             does not fit raises :class:`~brs_detr.apis.weights.WeightsMismatchError`). None keeps PyTorch's default
             initialization (``init_weights`` is not called, so no pretrained backbone is downloaded): for speed
-            measurements and tests only.
+            measurements and tests only. The parameters that mmdet creates uninitialized
+            (:data:`UNINITIALIZED_PARAMETERS`) are drawn from N(0, 1) then, as their ``init_weights`` does, instead
+            of keeping whatever was in memory (NaN, 1e+30 or denormals, different from run to run).
         device (str): Torch device.
     """
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     model = MODELS.build(cfg.model)
-    if checkpoint is not None:
+    if checkpoint is None:
+        for name in UNINITIALIZED_PARAMETERS:
+            parameter = getattr(model, name, None)
+            if isinstance(parameter, nn.Parameter):
+                nn.init.normal_(parameter)
+    else:
         load_weights(model, checkpoint, cfg)
     model.cfg = cfg
     return model.to(device).eval()
