@@ -27,24 +27,27 @@
 #     is never patched. Re-running is safe.
 set -euo pipefail
 
-if [ "${1:-}" = "-h" ] || [ "${1:-}" = "--help" ]; then
-  sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
-  exit 0
-fi
+log() { printf '\n[install] %s\n' "$*"; }
+die() { printf '\n[install] ERROR: %s\n' "$*" >&2; exit 1; }
 
 WITH_DEPLOY=1
-if [ "${1:-}" = "--no-deploy" ]; then
-  WITH_DEPLOY=0
-  shift
-fi
+VENV_ARG=""
+for arg in "$@"; do
+  case "$arg" in
+    -h|--help)
+      sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d' | sed 's/^# \{0,1\}//'
+      exit 0 ;;
+    --no-deploy) WITH_DEPLOY=0 ;;
+    -*) die "unknown option $arg (bash tools/install.sh --help lists the options)" ;;
+    *) [ -z "$VENV_ARG" ] || die "one VENV_DIR only, got $VENV_ARG and $arg"
+       VENV_ARG="$arg" ;;
+  esac
+done
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-VENV="${1:-$ROOT/.venv}"
+VENV="${VENV_ARG:-$ROOT/.venv}"
 CONSTRAINTS="$ROOT/requirements/constraints.txt"
 CACHE="${BRS_WHEEL_CACHE:-$HOME/.cache/brs-detr/wheels}"
 MMCV_VERSION="2.1.0"
-
-log() { printf '\n[install] %s\n' "$*"; }
-die() { printf '\n[install] ERROR: %s\n' "$*" >&2; exit 1; }
 
 PYTHON="${PYTHON:-python3}"
 command -v "$PYTHON" >/dev/null || die "$PYTHON not found"
