@@ -1,7 +1,7 @@
 #!/usr/bin/env python
-"""Time the start of every tool: ``--help`` of tools/*.py, tools/analysis_tools/*.py and demo/*.py, and
-``tools/download_checkpoint.py --list``, each in fresh processes (median of ``--runs``), and list the heavy packages
-(torch, mmcv, mmdet) each imports. Prints a Markdown table (docs/tools.md has the numbers).
+"""Time the start of every tool: ``--help`` of tools/*.py, tools/analysis_tools/*.py, tools/deployment/*.py and
+demo/*.py, and ``tools/download_checkpoint.py --list``, each in fresh processes (median of ``--runs``), and list the
+heavy packages (torch, mmcv, mmdet) each imports. Prints a Markdown table (docs/tools.md has the numbers).
 
 Examples::
 
