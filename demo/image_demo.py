@@ -3,16 +3,18 @@
 Usage::
 
     python demo/image_demo.py IMAGES [IMAGES ...] CONFIG [--weights CHECKPOINT | --onnx MODEL.onnx]
-                              [--out-dir outputs] [--pred-score-thr 0.3] [--device auto] [--batch-size 1]
+                              [--out-dir outputs] [--pred-score-thr T] [--device auto] [--batch-size 1]
                               [--palette none] [--no-save-vis] [--no-save-pred] [--print-result] [--show]
                               [--cfg-options K=V ...]
 
 IMAGES are image files, folders (their images) or quoted glob patterns (``'data/**/*.jpg'``). For every image it
 writes ``OUT_DIR/vis/<stem>.png`` (the detections with a score above the threshold: boxes, masks for instance
 segmentation models, class names and scores) and ``OUT_DIR/preds/<stem>.json`` (all detections the model returns:
-``labels``, ``scores``, ``bboxes`` as x1 y1 x2 y2 in input pixels, ``masks`` as COCO RLE). See docs/demo.md.
-``--onnx`` runs a model exported by ``tools/deployment/pytorch2onnx.py`` with onnxruntime instead of PyTorch (same
-pipeline, drawing and outputs; docs/deployment.md).
+``labels``, ``scores``, ``bboxes`` as x1 y1 x2 y2 in input pixels, ``masks`` as COCO RLE). The score threshold is
+``--pred-score-thr`` if given, else the per-class thresholds chosen for the checkpoint
+(``CHECKPOINT.score_thr.json`` of ``tools/analysis_tools/choose_score_threshold.py``), else 0.3; the demo prints
+which one it draws with. See docs/demo.md. ``--onnx`` runs a model exported by ``tools/deployment/pytorch2onnx.py``
+with onnxruntime instead of PyTorch (same pipeline, drawing and outputs; docs/deployment.md).
 """
 from __future__ import annotations
 
@@ -37,9 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--onnx', help='run this exported model (tools/deployment/pytorch2onnx.py) with onnxruntime '
                         'instead of the PyTorch model; CONFIG is the config it was exported from')
     parser.add_argument('--out-dir', default='outputs', help='output folder: vis/<stem>.png and preds/<stem>.json')
-    parser.add_argument('--pred-score-thr', '--score-thr', dest='pred_score_thr', type=float, default=0.3,
-                        help='draw the detections whose score is above this (default 0.3); the saved predictions '
-                        'keep all of them')
+    parser.add_argument('--pred-score-thr', '--score-thr', dest='pred_score_thr', type=float,
+                        help='draw the detections whose score is above this (default: the per-class thresholds '
+                        'chosen for the checkpoint, WEIGHTS.score_thr.json, if tools/analysis_tools/'
+                        'choose_score_threshold.py wrote them, else 0.3); the saved predictions keep all of them')
     parser.add_argument('--device', default='auto', help='cpu, cuda, cuda:N, ... (default: cuda if available, '
                         'else cpu)')
     parser.add_argument('--batch-size', type=int, default=1, help='images per forward pass')
@@ -59,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> None:
     parser = build_parser()
     args = parser.parse_args(argv)
-    if not 0 <= args.pred_score_thr <= 1:
+    if args.pred_score_thr is not None and not 0 <= args.pred_score_thr <= 1:
         parser.error(f'--pred-score-thr must be between 0 and 1, got {args.pred_score_thr}')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
@@ -87,7 +90,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         inferencer = BRSDetInferencer(model=args.config, weights=args.weights, device=args.device,
                                       palette=args.palette, cfg_options=args.cfg_options)
     save_vis, save_pred = not args.no_save_vis, not args.no_save_pred
-    inferencer(images, batch_size=args.batch_size, show=args.show, pred_score_thr=args.pred_score_thr,
+    score_thr = inferencer.score_threshold(args.pred_score_thr)
+    if save_vis or args.show:
+        print(f'drawing with {score_thr.describe(inferencer.model.dataset_meta["classes"])}')
+    inferencer(images, batch_size=args.batch_size, show=args.show, pred_score_thr=score_thr,
                no_save_vis=not save_vis, no_save_pred=not save_pred, print_result=args.print_result,
                out_dir=args.out_dir if save_vis or save_pred else '')
     saved = [f'drawn images in {osp.join(args.out_dir, "vis")}'] * save_vis + \

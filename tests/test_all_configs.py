@@ -3,7 +3,8 @@
 The configs are found by a glob, so a config added later is covered without touching this file; only fragments
 under a ``_base_`` folder (model, dataset or schedule parts, not complete configs) are skipped. For each config:
 
-1. ``Config.fromfile`` (with its ``custom_imports``), ``MODELS.build`` and ``init_weights`` of the model (as the
+1. ``load_config`` (``Config.fromfile`` with its ``custom_imports``, every head's ``num_classes`` resolved from the
+   datasets as the tools do), ``MODELS.build`` and ``init_weights`` of the model (as the
    runner initialises it), with every ``Pretrained`` ``init_cfg`` dropped and ``load_from`` ignored (no weights
    can be downloaded here) and the RPN's training proposals capped at :data:`TEST_PROPOSALS_PER_IMAGE` per image
    (the images are tiny);
@@ -43,6 +44,7 @@ from mmengine.runner import set_random_seed
 
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
+from brs_detr.datasets.num_classes import load_config
 from mmdet.utils import register_all_modules
 from state_dict_layouts import random_state_dict
 
@@ -247,7 +249,7 @@ def run_pipelines(cfg: Config, sample: dict) -> None:
 def check_config(path: Path, pipeline_folder: Path) -> Dict[str, object]:
     """Build, step, pipelines and zoo layouts of one config (module docstring); what was found."""
     init_default_scope('mmdet')
-    cfg = Config.fromfile(str(path))
+    cfg = load_config(str(path))
     drop_pretrained_weights(cfg.model)
     shrink_proposals(cfg.model)
     set_random_seed(SEED)
@@ -329,7 +331,7 @@ def test_a_layout_that_does_not_fit_fails_the_check(tmp_path):
     index = tmp_path / 'model_zoo.json'
     index.write_text(json.dumps(dict(models=[entry])))
     (tmp_path / 'layouts').mkdir()
-    cfg = Config.fromfile(str(config))
+    cfg = load_config(str(config))
     drop_pretrained_weights(cfg.model)
     model = MODELS.build(cfg.model)
     copy = tmp_path / 'layouts' / f'{entry["name"]}.json'
@@ -367,7 +369,7 @@ def test_the_check_passes_a_valid_derived_config(tmp_path, pipeline_folder, body
 
 @pytest.mark.parametrize('body, error, message', [
     ("model = dict(backbone=dict(type='NoSuchBackbone'))", KeyError, 'NoSuchBackbone is not in the'),
-    ("model = dict(bbox_head=dict(num_classes='eighty'))", TypeError, 'not supported between'),
+    ("model = dict(bbox_head=dict(num_classes='eighty'))", ValueError, "num_classes='eighty': num_classes must be"),
     (f"model = dict(bbox_head=dict({RANK_BASED_HEAD}, loss_bbox=dict(type='GIoULoss', loss_weight=2.0)))",
      ValueError, 'loss_weight=2.0 has no effect'),  # a weight that value matching would silently ignore
     ("optim_wrapper = dict(optimizer=dict(type='NoSuchOptimizer'))", TypeError, 'None is not a callable'),

@@ -11,7 +11,7 @@ import os
 import pickle
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
+from types import MethodType, SimpleNamespace
 from typing import Dict
 
 import pytest
@@ -263,13 +263,15 @@ def test_data_check_runs_before_the_runner(tmp_path, monkeypatch):
     assert not (tmp_path / 'wd').exists()
 
 
-@pytest.mark.parametrize('policy, resuming', [('weights', False), ('partial', False), ('partial', True)])
+@pytest.mark.parametrize('policy, resuming', [('weights', False), ('fine-tune', False), ('fine-tune', True)])
 def test_fit_policies(policy, resuming):
-    """A missing BatchNorm counter is tolerated when testing; resuming needs an exact fit; load_from logs the rest."""
+    """A missing BatchNorm counter is tolerated when testing and fine-tuning, not when resuming; any other missing
+    weight is refused (fine-tuning lets only class layers differ: tests/test_custom_dataset.py)."""
     model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 1), torch.nn.BatchNorm2d(4))
     warnings = []
     runner = SimpleNamespace(checkpoint_fit=policy, _resuming=resuming, cfg=SimpleNamespace(filename='cfg.py'),
                              logger=SimpleNamespace(warning=warnings.append))
+    runner._class_weights_to_skip = MethodType(ReliableRunner._class_weights_to_skip, runner)
     state = {k: v for k, v in model.state_dict().items() if not k.endswith('num_batches_tracked')}
     check = ReliableRunner._check_fit
     if resuming:
@@ -277,14 +279,15 @@ def test_fit_policies(policy, resuming):
                            r'1.num_batches_tracked'):
             check(runner, 'x.pth', dict(state_dict=state), model, [])
         return
-    check(runner, 'x.pth', dict(state_dict=state), model, [])
-    assert len(warnings) == 1 and 'fits the model of cfg.py only partly' in warnings[0]
+    assert check(runner, 'x.pth', dict(state_dict=state), model, []) == [] and not warnings
     del state['0.weight']
     if policy == 'weights':
         with pytest.raises(CheckpointFitError, match=r'the weights x.pth do not fit .* 2 missing from the checkpoint: '
                            r'0.weight, 1.num_batches_tracked'):
             check(runner, 'x.pth', dict(state_dict=state), model, [])
     else:
-        check(runner, 'x.pth', dict(state_dict={'module.' + k: v for k, v in state.items()}), model,
-              [(r'^module\.', '')])
-        assert '5 of the model\'s 7 entries fit' in warnings[-1]
+        with pytest.raises(CheckpointFitError, match=r'load_from x.pth does not fit the model of cfg.py beyond its '
+                           r'class-dependent weights \(1 missing from the checkpoint: 0.weight\): it is a checkpoint '
+                           r'of another model. To initialise only a part'):
+            check(runner, 'x.pth', dict(state_dict={'module.' + k: v for k, v in state.items()}), model,
+                  [(r'^module\.', '')])

@@ -1,7 +1,8 @@
 """Generate a small, deterministic COCO-format detection dataset of coloured shapes (exact boxes and masks).
 
 Writes ``OUT_DIR/annotations/instances_{train,val}.json`` and ``OUT_DIR/{train,val}/000001.png ...`` (OUT_DIR is
-either absent or complete; same arguments give byte-identical files). What the images hold and how: see
+either absent or complete; same arguments give byte-identical files); ``--annotation-format voc`` or ``yolo`` writes
+the same data in those layouts instead, for ``tools/dataset_converters/``. What the images hold and how: see
 :mod:`brs_detr.datasets.toy_coco`, which does the work; this file parses the arguments.
 
 Example::
@@ -12,7 +13,8 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from brs_detr.datasets.toy_coco import DEFAULT_CLASSES, IMAGE_EXTENSIONS, SHAPE_KINDS, make_toy_coco
+from brs_detr.datasets.toy_coco import (ANNOTATION_FORMATS, DEFAULT_CLASSES, IMAGE_EXTENSIONS, SHAPE_KINDS,
+                                       make_toy_coco)
 from brs_detr.known_warnings import ignore_known_warnings
 
 
@@ -30,6 +32,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--format', dest='image_format', choices=sorted(IMAGE_EXTENSIONS), default='png',
                         help='image file format (default png, lossless)')
     parser.add_argument('--overwrite', action='store_true', help='replace OUT_DIR if it exists')
+    parser.add_argument('--annotation-format', choices=ANNOTATION_FORMATS, default='coco',
+                        help='annotation layout: coco (default), or voc / yolo (the layouts that '
+                        'tools/dataset_converters/voc2coco.py and yolo2coco.py read)')
     return parser.parse_args(argv)
 
 
@@ -37,12 +42,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
         out_dir = make_toy_coco(args.out_dir, args.num_train, args.num_val, tuple(args.img_size), args.seed,
-                                args.classes, args.image_format, args.overwrite)
+                                args.classes, args.image_format, args.overwrite, args.annotation_format)
     except (ValueError, FileExistsError, OSError) as e:
         print(f'make_toy_coco.py: error: {e}', file=sys.stderr)
         return 2
-    print(f'wrote toy COCO dataset to {out_dir}: {args.num_train} train / {args.num_val} val images, '
-          f'classes {list(args.classes)}')
+    print(f'wrote toy {args.annotation_format.upper()} dataset to {out_dir}: {args.num_train} train / '
+          f'{args.num_val} val images, classes {list(args.classes)}')
     return 0
 
 

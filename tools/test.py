@@ -3,8 +3,8 @@
 Usage::
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out RESULTS.pkl] [--show-dir DIR] [--show]
-                         [--tta] [--skip-data-check] [--cfg-options [+]KEY=VALUE ...]
-                         [--launcher {none,pytorch,slurm,mpi}]
+                         [--tta] [--classwise] [--confusion-matrix [--score-thr T] [--tp-iou-thr 0.5]]
+                         [--skip-data-check] [--cfg-options [+]KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
 
 Multi-process testing goes through ``tools/dist_test.sh`` (torchrun) or ``tools/slurm_test.sh``.
 The logic lives in :func:`brs_detr.apis.test.test`; docs/tools.md describes the options.
@@ -32,6 +32,18 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         "config's tta_model and test with its tta_pipeline (both must be in the config)")
     parser.add_argument('--skip-data-check', action='store_true',
                         help='do not check the annotation file and images of the test set first')
+    parser.add_argument('--classwise', action='store_true',
+                        help='AP of every class (CocoMetric classwise=True): logged as a table and written to '
+                        'WORK_DIR/<timestamp>/classwise_ap.json')
+    parser.add_argument('--confusion-matrix', action='store_true',
+                        help='confusion matrix of the detections above the score threshold: logged and written to '
+                        'WORK_DIR/<timestamp>/confusion_matrix.{json,csv,png}')
+    parser.add_argument('--score-thr', type=float,
+                        help='score threshold of --confusion-matrix (default: the per-class thresholds of '
+                        'CHECKPOINT.score_thr.json if tools/analysis_tools/choose_score_threshold.py wrote it, else '
+                        '0.3)')
+    parser.add_argument('--tp-iou-thr', type=float,
+                        help='IoU at which a detection matches an object in --confusion-matrix (default 0.5)')
     add_launch_arguments(parser)
     return parse_tool_args(parser, argv)
 

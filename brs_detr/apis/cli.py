@@ -35,7 +35,8 @@ USER_ERRORS = (('brs_detr.apis.cli', 'ToolInputError'), ('brs_detr.engine.dist',
                ('brs_detr.fileio.checkpoint', 'CheckpointReadError'),
                ('brs_detr.engine.runner.runner', 'CheckpointFitError'),
                ('brs_detr.datasets.coco_check', 'DataCheckError'),
-               ('brs_detr.datasets.transforms.loading', 'ImageLoadError'))
+               ('brs_detr.datasets.transforms.loading', 'ImageLoadError'),
+               ('brs_detr.analysis.detections', 'AnalysisError'))
 #: Errors that stop a run whose input was fine: reported with their message (no traceback) and exit status 1.
 RUN_ERRORS = (('brs_detr.engine.hooks.non_finite_loss_hook', 'NonFiniteError'), )
 

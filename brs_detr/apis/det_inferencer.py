@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os.path as osp
 import warnings
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
@@ -10,8 +11,10 @@ import cv2
 import mmcv
 import mmengine
 import numpy as np
+import torch
 from mmengine.config import Config, ConfigDict
 from mmengine.dataset import pseudo_collate
+from mmengine.logging import print_log
 from mmengine.visualization import Visualizer
 from torch import nn
 
@@ -20,6 +23,8 @@ from mmdet.evaluation import get_classes
 from mmdet.registry import DATASETS
 from mmdet.structures import DetDataSample
 
+from brs_detr.analysis.score_threshold import ScoreThreshold, resolve_score_threshold
+from brs_detr.datasets.num_classes import resolve_num_classes
 from brs_detr.fileio.atomic_io import atomic_write_text
 from .drawing import visualizer_config, write_png
 from .image_inputs import ImageInputError, collect_images, output_names
@@ -34,6 +39,8 @@ VIS_SUBDIR = 'vis'
 PRED_SUBDIR = 'preds'
 #: Name of the palette argument that keeps the palette of the config or checkpoint.
 PALETTE_FROM_MODEL = 'none'
+#: ``pred_score_thr`` handed to mmdet's visualizer once the detections are filtered by their class's threshold.
+DRAW_ALL = -1.0
 
 
 def read_rgb(image: InputType) -> np.ndarray:
@@ -99,6 +106,9 @@ class BRSDetInferencer(DetInferencer):
       stem, made distinct when two inputs share one (:func:`~brs_detr.apis.image_inputs.output_names`).
     * The visualizer gets no vis backends: drawing needs no display and writes nothing but the PNG files.
     * ``device=None`` picks CUDA when available, else the CPU; a CUDA device that does not exist fails clearly.
+    * The score threshold of the drawing (``pred_score_thr``) defaults to the thresholds chosen for the checkpoint on
+      its validation set (``<weights>.score_thr.json`` of ``tools/analysis_tools/choose_score_threshold.py``, one
+      per class), else 0.3; a number given explicitly wins (:meth:`score_threshold`).
 
     Args:
         model: Config file (or Config/dict); ``None`` reads the config stored in ``weights``.
@@ -126,13 +136,30 @@ class BRSDetInferencer(DetInferencer):
         self._num_array_inputs = 0
         if isinstance(model, str):
             check_config_file(model)
-        if cfg_options:
-            if model is None:
-                raise ValueError('cfg_options need a config (model)')
+        if cfg_options and model is None:
+            raise ValueError('cfg_options need a config (model)')
+        if model is not None:
             model = Config.fromfile(model) if isinstance(model, str) else Config(dict(model))
-            model.merge_from_dict(check_cfg_options(model, cfg_options))
+            if cfg_options:
+                model.merge_from_dict(check_cfg_options(model, cfg_options))
+            resolve_num_classes(model)  # every head gets the datasets' class count (one place for the classes)
         super().__init__(model=model, weights=weights, device=resolve_device(device), scope=scope, palette=palette,
                          show_progress=show_progress)
+
+    # ------------------------------------------------------------------ score threshold
+    def score_threshold(self, explicit: Union[None, float, ScoreThreshold] = None) -> ScoreThreshold:
+        """The threshold of the drawing: ``explicit`` if given, else the checkpoint's chosen thresholds
+        (``<weights>.score_thr.json``), else 0.3 (:func:`~brs_detr.analysis.score_threshold.resolve_score_threshold`).
+        """
+        if isinstance(explicit, ScoreThreshold):
+            return explicit
+        return resolve_score_threshold(explicit, self._weights_source, self.model.dataset_meta['classes'],
+                                       warn=lambda message: print_log(message, logger='current',
+                                                                      level=logging.WARNING))
+
+    def __call__(self, inputs, *args, pred_score_thr: Union[None, float, ScoreThreshold] = None, **kwargs) -> dict:
+        """mmdet's call; ``pred_score_thr=None`` draws with :meth:`score_threshold`'s threshold."""
+        return super().__call__(inputs, *args, pred_score_thr=self.score_threshold(pred_score_thr), **kwargs)
 
     # ------------------------------------------------------------------ model
     def _load_weights_to_model(self, model: nn.Module, checkpoint: Optional[dict], cfg: Optional[ConfigDict]) -> None:
@@ -233,11 +260,13 @@ class BRSDetInferencer(DetInferencer):
                   show: bool = False,
                   wait_time: float = 0,
                   draw_pred: bool = True,
-                  pred_score_thr: float = 0.3,
+                  pred_score_thr: Union[None, float, ScoreThreshold] = None,
                   no_save_vis: bool = False,
                   img_out_dir: str = '',
                   **kwargs) -> Optional[List[np.ndarray]]:
-        """Draw the predictions with scores above ``pred_score_thr`` and save ``img_out_dir/vis/<name>.png``.
+        """Draw the predictions with scores above ``pred_score_thr`` (one value, or the per-class thresholds of a
+        :class:`~brs_detr.analysis.score_threshold.ScoreThreshold`; ``None``: :meth:`score_threshold`) and save
+        ``img_out_dir/vis/<name>.png``.
 
         Returns:
             The drawn RGB images when anything was drawn, else ``None`` (as mmdet).
@@ -251,17 +280,19 @@ class BRSDetInferencer(DetInferencer):
             return None
         if self.visualizer is None:
             raise ValueError('drawing needs a "visualizer" in the config')
+        threshold = self.score_threshold(pred_score_thr)
         drawn_images = []
         for single_input, pred, name in zip(inputs, preds, names):
             self.visualizer.add_datasample(
                 name,
                 read_rgb(single_input),
-                pred.cpu().numpy(),  # the visualizer applies numpy functions to the boxes
+                # above their class's threshold; the visualizer applies numpy functions to the boxes
+                self._above_threshold(pred, threshold).cpu().numpy(),
                 show=show,
                 wait_time=wait_time,
                 draw_gt=False,
                 draw_pred=draw_pred,
-                pred_score_thr=pred_score_thr,
+                pred_score_thr=DRAW_ALL,
                 out_file=None)
             drawn = self.visualizer.get_image()
             if img_out_dir:
@@ -269,6 +300,17 @@ class BRSDetInferencer(DetInferencer):
             drawn_images.append(drawn)
             self.num_visualized_imgs += 1
         return drawn_images
+
+    def _above_threshold(self, pred: DetDataSample, threshold: ScoreThreshold) -> DetDataSample:
+        """A copy of ``pred`` with the instances above their class's threshold only (``pred`` is saved whole)."""
+        if 'pred_instances' not in pred:
+            return pred
+        instances = pred.pred_instances
+        keep = threshold.keep(instances.scores.detach().cpu().numpy(), instances.labels.detach().cpu().numpy(),
+                              self.model.dataset_meta['classes'])
+        shown = pred.clone()
+        shown.pred_instances = instances[torch.from_numpy(keep).to(instances.scores.device)]
+        return shown
 
     def pred2dict(self, data_sample: DetDataSample, pred_out_dir: str = '') -> Dict:
         """mmdet's prediction dict; saved atomically to ``pred_out_dir/preds/<name>.json`` when a folder is given."""

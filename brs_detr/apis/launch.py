@@ -17,6 +17,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from brs_detr.datasets.data_check import check_datasets, name_images_in_load_errors
+from brs_detr.datasets.num_classes import check_model_num_classes, dataset_classes, resolve_num_classes
 from brs_detr.engine.runner import ReliableRunner
 from .cli import (ToolInputError, add_launch_arguments, check_checkpoint_file, check_config_file,  # noqa: F401
                   error_message, fail, is_main_launch_process, parse_tool_args, run_tool_main, tool_name)
@@ -100,12 +101,15 @@ def check_cfg_options(cfg: Config, cfg_options: dict) -> dict:
 
 
 def load_config(config_path: str, cfg_options: Optional[dict], launcher: str) -> Config:
-    """Read ``config_path``, apply ``--cfg-options`` (checked by :func:`check_cfg_options`), set the launcher."""
+    """Read ``config_path``, apply ``--cfg-options`` (checked by :func:`check_cfg_options`), set the launcher, and
+    give every head the datasets' class count (:func:`brs_detr.datasets.num_classes.resolve_num_classes`, which
+    refuses a head with another number)."""
     check_config_file(config_path)
     cfg = Config.fromfile(config_path)
     cfg.launcher = launcher
     if cfg_options is not None:
         cfg.merge_from_dict(check_cfg_options(cfg, cfg_options))
+    resolve_num_classes(cfg)
     return cfg
 
 
@@ -131,8 +135,19 @@ def build_runner(cfg: Config):
     """Build the Runner named by ``runner_type`` (default: :class:`~brs_detr.engine.ReliableRunner`)."""
     from mmdet.registry import RUNNERS
 
-    if 'runner_type' not in cfg:
-        return ReliableRunner.from_cfg(cfg)
-    return RUNNERS.build(cfg)
+    runner = ReliableRunner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
+    check_runner_num_classes(runner, cfg)
+    return runner
+
+
+def check_runner_num_classes(runner, cfg: Config) -> None:
+    """Every head of the built model predicts the datasets' classes (a head that leaves ``num_classes`` at its
+    class's default escapes the config check; :func:`~brs_detr.datasets.num_classes.check_model_num_classes`)."""
+    from mmengine.model import is_model_wrapper
+
+    found = dataset_classes(cfg)
+    if found is not None:
+        check_model_num_classes(runner.model.module if is_model_wrapper(runner.model) else runner.model,
+                                len(found.classes))
 
 

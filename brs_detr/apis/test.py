@@ -7,6 +7,9 @@
 * The test set is checked before the Runner starts (:func:`brs_detr.datasets.check_datasets`).
 * ``--out`` writes the predictions pickle atomically (temporary file in the same directory, then ``os.replace``).
 * ``--show`` without a display is turned off with a warning instead of crashing; ``--show-dir`` needs no display.
+* ``--classwise`` (mmdet's ``CocoMetric(classwise=True)``) and ``--confusion-matrix`` write ``classwise_ap.json`` and
+  ``confusion_matrix.{json,csv,png}`` into the run's folder ``work_dir/<timestamp>/``
+  (:func:`write_evaluation_files`).
 * On a machine without CUDA a distributed run uses gloo (see :mod:`brs_detr.apis.train`).
 * ``--tta`` wraps the model in the config's ``tta_model`` and tests with its ``tta_pipeline`` (mmdet's semantics);
   a config without them fails with a message naming the missing key.
@@ -14,7 +17,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import Optional
+import os.path as osp
+from typing import Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 
@@ -87,16 +91,107 @@ def enable_tta(cfg: Config) -> None:
     dataset_cfg.pipeline = cfg.tta_pipeline
 
 
+def coco_metrics(evaluator_cfg) -> list:
+    """The CocoMetric configs (mmdet's ``CocoMetric`` or a subclass) of an evaluator config."""
+    from mmdet.evaluation import CocoMetric
+    from mmdet.registry import METRICS
+
+    metrics = evaluator_cfg if isinstance(evaluator_cfg, (list, tuple)) else [evaluator_cfg]
+    found = []
+    for metric in metrics:
+        kind = metric.get('type') if isinstance(metric, dict) else None
+        kind = METRICS.get(kind) if isinstance(kind, str) else kind
+        if isinstance(kind, type) and issubclass(kind, CocoMetric):
+            found.append(metric)
+    return found
+
+
+def enable_classwise(cfg: Config) -> None:
+    """``--classwise``: every CocoMetric of ``test_evaluator`` reports the AP of each class (mmdet's option)."""
+    metrics = coco_metrics(cfg.get('test_evaluator') or [])
+    if not metrics:
+        raise ToolInputError('--classwise needs a CocoMetric in test_evaluator (the config has '
+                             f'{cfg.get("test_evaluator")})')
+    for metric in metrics:
+        metric['classwise'] = True
+
+
+def check_evaluation_options(args: argparse.Namespace) -> None:
+    """``--score-thr`` and ``--tp-iou-thr`` only mean something with ``--confusion-matrix``."""
+    if not args.confusion_matrix:
+        given = [option for option, value in (('--score-thr', args.score_thr), ('--tp-iou-thr', args.tp_iou_thr))
+                 if value is not None]
+        if given:
+            raise ToolInputError(f'{" and ".join(given)} set the confusion matrix: add --confusion-matrix')
+    if args.score_thr is not None and not 0 <= args.score_thr <= 1:
+        raise ToolInputError(f'--score-thr must be between 0 and 1, got {args.score_thr}')
+    if args.tp_iou_thr is not None and not 0 < args.tp_iou_thr <= 1:
+        raise ToolInputError(f'--tp-iou-thr must be in (0, 1], got {args.tp_iou_thr}')
+
+
+def classwise_ap(metrics: dict, classes: Sequence[str], metric_names: Sequence[str]) -> dict:
+    """Per-class AP of CocoMetric's output (``<prefix>/<class>_precision``: AP at IoU 0.50:0.95).
+
+    CocoMetric writes the per-class APs of each of its metrics (bbox, segm) under the same keys, so the values are
+    those of its last metric.
+    """
+    values = {}
+    for name in classes:
+        found = [value for key, value in metrics.items() if key.split('/')[-1] == f'{name}_precision']
+        if found:
+            values[name] = found[-1]
+    return dict(metric=metric_names[-1] if metric_names else 'bbox', ap=values,
+                note='AP at IoU 0.50:0.95 per class (mmdet CocoMetric classwise); nan: no object of the class')
+
+
+def write_evaluation_files(runner, cfg: Config, args: argparse.Namespace, metrics: dict, collector) -> None:
+    """``classwise_ap.json`` and ``confusion_matrix.*`` in the run's log folder (main process only)."""
+    import json
+
+    from mmengine.dist import is_main_process
+    from mmengine.logging import print_log
+
+    from brs_detr.analysis.confusion_matrix import confusion_matrix, format_matrix, write_confusion_matrix
+    from brs_detr.analysis.detections import detections_from_results, truth_from_dataset
+    from brs_detr.analysis.score_threshold import resolve_score_threshold
+    from brs_detr.fileio.atomic_io import atomic_write_text
+
+    if not is_main_process():
+        return
+    dataset = runner.test_dataloader.dataset
+    classes = list(dataset.metainfo['classes'])
+    if args.classwise:
+        names = [m for metric in coco_metrics(cfg.test_evaluator) for m in (
+            metric.get('metric', 'bbox') if isinstance(metric.get('metric', 'bbox'), (list, tuple)) else
+            [metric.get('metric', 'bbox')])]
+        path = osp.join(runner.log_dir, 'classwise_ap.json')
+        atomic_write_text(json.dumps(classwise_ap(metrics, classes, names), indent=1) + '\n', path)
+        print_log(f'per-class AP written to {path}', logger='current')
+    if collector is not None:
+        score_thr = resolve_score_threshold(args.score_thr, args.checkpoint, classes,
+                                            warn=lambda message: warn(message))
+        tp_iou_thr = 0.5 if args.tp_iou_thr is None else args.tp_iou_thr
+        matrix = confusion_matrix(detections_from_results(collector.collected, 'the test run'),
+                                  truth_from_dataset(dataset), classes, score_thr, tp_iou_thr)
+        paths = write_confusion_matrix(matrix, classes, runner.log_dir, score_thr, tp_iou_thr)
+        print_log(f'confusion matrix ({score_thr.describe(classes)}, IoU {tp_iou_thr:g}; rows: ground truth, '
+                  f'columns: prediction):\n{format_matrix(matrix, classes)}\nwritten to {", ".join(paths.values())}',
+                  logger='current')
+
+
 def test(args: argparse.Namespace) -> None:
     """Test as ``tools/test.py`` does with the parsed ``args`` (see ``tools/test.py --help``)."""
     if args.out is not None and not args.out.endswith(PICKLE_SUFFIXES):
         raise ToolInputError(f'--out must name a .pkl or .pickle file, got {args.out}')
+    check_evaluation_options(args)
     check_config_file(args.config)
     check_checkpoint_file(args.checkpoint)
 
     cfg = load_config(args.config, args.cfg_options, args.launcher)
     set_work_dir(cfg, args.work_dir, args.config)
     cfg.load_from = args.checkpoint
+    if args.classwise:
+        enable_classwise(cfg)
 
     show = args.show
     if show and not has_display():
@@ -115,4 +210,11 @@ def test(args: argparse.Namespace) -> None:
     runner.checkpoint_fit = 'weights'
     if args.out is not None:
         runner.test_evaluator.metrics.append(atomic_dump_metric(args.out))
-    runner.test()
+    collector = None
+    if args.confusion_matrix:
+        from brs_detr.analysis.detections import PredictionCollector
+        collector = PredictionCollector()
+        runner.test_evaluator.metrics.append(collector)
+    metrics = runner.test()
+    if args.classwise or collector is not None:
+        write_evaluation_files(runner, cfg, args, metrics, collector)

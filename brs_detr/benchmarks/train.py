@@ -90,6 +90,7 @@ def build_training(config: str, cfg_options: Optional[dict], device: torch.devic
     from mmengine.registry import init_default_scope
 
     import brs_detr.models  # noqa: F401  (registers the project's models)
+    from brs_detr.datasets.num_classes import resolve_num_classes
     from mmdet.registry import MODELS
 
     init_default_scope('mmdet')
@@ -99,6 +100,7 @@ def build_training(config: str, cfg_options: Optional[dict], device: torch.devic
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
+    resolve_num_classes(cfg)
     if cfg.model.get('backbone') is not None:
         cfg.model.backbone.init_cfg = None
     torch.manual_seed(0)

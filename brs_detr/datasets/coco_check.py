@@ -72,6 +72,8 @@ class CocoCheckReport:
     invalid_boxes: List[Tuple[object, str]] = field(default_factory=list)
     #: Annotations per category name that the config does not train (mmdet ignores them).
     ignored_categories: Dict[str, int] = field(default_factory=dict)
+    #: Objects (annotations that are neither crowd nor ``ignore``) per class of the config, in the config's order.
+    objects_per_class: Dict[str, int] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
 
 
@@ -173,7 +175,8 @@ def check_coco_file(ann_file: str,
                     img_dir: Optional[str],
                     classes: Sequence[str],
                     policy: Optional[DataCheckPolicy] = None,
-                    filter_empty_gt: bool = False) -> CocoCheckReport:
+                    filter_empty_gt: bool = False,
+                    training: bool = False) -> CocoCheckReport:
     """Check an annotation file (and the images under ``img_dir``) for a dataset that trains ``classes``.
 
     Args:
@@ -184,6 +187,8 @@ def check_coco_file(ann_file: str,
         policy: What to tolerate (default: :class:`DataCheckPolicy`'s defaults).
         filter_empty_gt: Whether the dataset drops images without annotations (a training set with mmdet's
             ``filter_cfg.filter_empty_gt=True``): then a file where no image keeps an annotation is refused.
+        training: Whether the file is a training set: a class without any object is then warned about as a class
+            the model cannot learn (else as a class whose AP cannot be measured).
 
     Returns:
         The report; its warnings were logged.
@@ -201,6 +206,7 @@ def check_coco_file(ann_file: str,
     annotated_images = set()
     seen_ids = set()
     ignored: Counter = Counter()
+    objects: Counter = Counter()
     for position, ann in enumerate(content['annotations']):
         if not isinstance(ann, dict) or not all(key in ann for key in ('id', 'image_id', 'category_id', 'bbox')):
             raise DataCheckError(f'{ann_file}: annotations[{position}] needs "id", "image_id", "category_id" and '
@@ -222,13 +228,16 @@ def check_coco_file(ann_file: str,
             continue
         if ann.get('ignore', False):
             continue
+        objects[name] += not ann.get('iscrowd', False)
         problem = _box_problem(ann['bbox'], ann.get('area'), image, policy.outside_tolerance)
         if problem is not None:
             report.invalid_boxes.append((ann_id, problem))
         annotated_images.add(ann['image_id'])
     report.ignored_categories = dict(ignored)
+    report.objects_per_class = {name: objects[name] for name in classes}
     report.empty_images = len(images) - len(annotated_images)
     _judge(report, policy, filter_empty_gt)
+    report.warnings += _class_count_warnings(report, training)
     if policy.check_image_files and img_dir is not None:
         check_image_files(ann_file, img_dir, [image['file_name'] for image in images.values()])
     for warning in report.warnings:
@@ -267,6 +276,23 @@ def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bo
         effect = 'filter_empty_gt=True leaves them out of training' if filter_empty_gt else 'they are kept'
         report.warnings.append(f'{ann_file}: {report.empty_images} of {report.num_images} images have no annotation '
                                f'of the config\'s classes; {effect}')
+
+
+def _class_count_warnings(report: CocoCheckReport, training: bool) -> List[str]:
+    """A warning for the classes of the config without a single object in the file."""
+    absent = [name for name, count in report.objects_per_class.items() if count == 0]
+    if not absent:
+        return []
+    effect = ('the model gets no positive example of them and will not learn to detect them' if training else
+              'their AP cannot be measured (CocoMetric reports nan)')
+    return [f'{report.ann_file}: {len(absent)} of the config\'s {len(report.objects_per_class)} classes have no '
+            f'object in this file ({_listed(absent, 20)}): {effect}']
+
+
+def format_class_counts(objects_per_class: Dict[str, int], limit: int = 20) -> str:
+    """``'name 12, other 3, ...'`` (the first ``limit`` classes)."""
+    items = [f'{name} {count}' for name, count in objects_per_class.items()]
+    return ', '.join(items[:limit]) + (f', ... ({len(items) - limit} more classes)' if len(items) > limit else '')
 
 
 def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) -> None:

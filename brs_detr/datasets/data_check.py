@@ -12,7 +12,8 @@ from mmengine.logging import print_log
 from mmdet.datasets import CocoDataset
 from mmdet.registry import DATASETS
 
-from .coco_check import CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, load_annotation_json
+from .coco_check import (CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, format_class_counts,
+                         load_annotation_json)
 
 #: Config key of the :class:`~brs_detr.datasets.coco_check.DataCheckPolicy` fields.
 DATA_CHECK_KEY = 'data_check'
@@ -36,7 +37,20 @@ def _walk(dataset_cfg: dict) -> Iterator[dict]:
         yield from _walk(child)
 
 
-def _dataset_class(dataset_cfg: dict):
+def dataset_leaves(dataset_cfg: dict, key: str) -> Iterator[Tuple[str, dict]]:
+    """``(config key, dataset config)`` of every dataset in a (possibly wrapped) dataset config that wraps none,
+    e.g. ``('train_dataloader.dataset.dataset', {...})`` for a ``RepeatDataset``."""
+    if isinstance(dataset_cfg.get('datasets'), (list, tuple)):
+        for index, child in enumerate(dataset_cfg['datasets']):
+            yield from dataset_leaves(child, f'{key}.datasets[{index}]')
+    elif isinstance(dataset_cfg.get('dataset'), dict):
+        yield from dataset_leaves(dataset_cfg['dataset'], f'{key}.dataset')
+    else:
+        yield key, dataset_cfg
+
+
+def dataset_class(dataset_cfg: dict):
+    """The dataset class a dataset config builds (its ``type`` looked up in mmdet's registry), or ``None``."""
     dataset_type = dataset_cfg.get('type')
     if isinstance(dataset_type, type):
         return dataset_type
@@ -89,26 +103,27 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
         for dataset_cfg in _walk(loader['dataset']):
             if _children(dataset_cfg):
                 continue
-            dataset_class = _dataset_class(dataset_cfg)
-            if not _reads_coco_json(dataset_class):
-                name = getattr(dataset_class, '__name__', dataset_cfg.get('type'))
+            leaf_class = dataset_class(dataset_cfg)
+            if not _reads_coco_json(leaf_class):
+                name = getattr(leaf_class, '__name__', dataset_cfg.get('type'))
                 print_log(f'data check: {split} dataset {name} is not read like a COCO JSON file; not checked',
                           logger='current')
                 continue
             ann_file, img_dir = resolved_paths(dataset_cfg)
             classes = tuple((dataset_cfg.get('metainfo') or {}).get('classes') or
-                            dataset_class.METAINFO['classes'])
+                            leaf_class.METAINFO['classes'])
             filter_empty_gt = (split == 'train' and not dataset_cfg.get('test_mode', False)
                                and bool((dataset_cfg.get('filter_cfg') or {}).get('filter_empty_gt', False)))
             local_images = dataset_cfg.get('backend_args') is None
             key = (ann_file, img_dir, classes, filter_empty_gt)
             if key not in done:
                 done[key] = check_coco_file(ann_file, img_dir if local_images else None, classes, policy,
-                                            filter_empty_gt=filter_empty_gt)
+                                            filter_empty_gt=filter_empty_gt, training=split == 'train')
         _check_evaluator_files(cfg.get(f'{split}_evaluator'), {key[0] for key in done})
     for report in done.values():
         print_log(f'data check: {report.ann_file}: {report.num_images} images, {report.num_annotations} annotations'
-                  f', {len(report.warnings)} warnings', logger='current')
+                  f', {len(report.warnings)} warnings; objects per class: '
+                  f'{format_class_counts(report.objects_per_class)}', logger='current')
     if done:
         print_log(f'data check: {len(done)} annotation files checked in {time.perf_counter() - start:.2f} s '
                   f'(skip it with --skip-data-check)', logger='current')

@@ -14,6 +14,17 @@ Layout written under OUT_DIR (the default data root of ``configs/_base_/datasets
         train/000001.png ...
         val/000001.png ...
 
+With ``annotation_format='voc'`` or ``'yolo'`` the same images and objects are written in the layout of those formats
+instead (to try ``tools/dataset_converters/``), with no COCO file::
+
+    OUT_DIR/VOC2007/Annotations/000001.xml ...          (voc: 1-based inclusive pixel boxes, as VOC numbers them;
+    OUT_DIR/VOC2007/JPEGImages/000001.png ...            the validation images continue the numbering)
+    OUT_DIR/VOC2007/ImageSets/Main/{train,val}.txt
+
+    OUT_DIR/images/{train,val}/000001.png ...           (yolo: one "class cx cy w h" line per object, normalised)
+    OUT_DIR/labels/{train,val}/000001.txt ...
+    OUT_DIR/data.yaml                                    (names: the class list)
+
 The whole dataset is generated in a temporary directory next to OUT_DIR and renamed into place, so OUT_DIR is either
 absent or complete. Same arguments give byte-identical files.
 
@@ -53,6 +64,10 @@ OBJECTS_PER_IMAGE = (1, 3)
 PLACEMENT_TRIES = 50
 IMAGE_EXTENSIONS = {'png': '.png', 'jpg': '.jpg'}
 JPEG_QUALITY = 95
+#: Annotation layouts :func:`make_toy_coco` writes.
+ANNOTATION_FORMATS = ('coco', 'voc', 'yolo')
+#: Year folder of the VOC layout.
+VOC_YEAR_DIR = 'VOC2007'
 
 
 @dataclass
@@ -170,7 +185,7 @@ def make_split(root: str, split: str, num_images: int, height: int, width: int, 
 
 def make_toy_coco(out_dir: str, num_train: int = 64, num_val: int = 16, img_size: Tuple[int, int] = (128, 128),
                   seed: int = 0, classes: Sequence[str] = DEFAULT_CLASSES, image_format: str = 'png',
-                  overwrite: bool = False) -> str:
+                  overwrite: bool = False, annotation_format: str = 'coco') -> str:
     """Generate the dataset atomically into ``out_dir``.
 
     Args:
@@ -182,6 +197,7 @@ def make_toy_coco(out_dir: str, num_train: int = 64, num_val: int = 16, img_size
         classes: Class names (1 to ``len(PALETTE_BGR)``, unique).
         image_format: 'png' (lossless, exact colours) or 'jpg'.
         overwrite: Replace an existing ``out_dir``.
+        annotation_format: ``'coco'``, or ``'voc'`` / ``'yolo'`` for those layouts (module docstring).
 
     Returns:
         The absolute path of the written dataset.
@@ -195,6 +211,8 @@ def make_toy_coco(out_dir: str, num_train: int = 64, num_val: int = 16, img_size
         raise ValueError(f'--classes must be 1 to {len(PALETTE_BGR)} unique names, got {list(classes)}')
     if image_format not in IMAGE_EXTENSIONS:
         raise ValueError(f'image format must be one of {sorted(IMAGE_EXTENSIONS)}, got {image_format!r}')
+    if annotation_format not in ANNOTATION_FORMATS:
+        raise ValueError(f'annotation format must be one of {ANNOTATION_FORMATS}, got {annotation_format!r}')
     out_dir = osp.abspath(out_dir)
     if osp.exists(out_dir) and not overwrite:
         raise FileExistsError(f'{out_dir} already exists; pass --overwrite to replace it')
@@ -206,10 +224,15 @@ def make_toy_coco(out_dir: str, num_train: int = 64, num_val: int = 16, img_size
         # One independent stream per split: changing --num-val does not change the training images.
         train_rng, val_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
         os.makedirs(osp.join(tmp_dir, 'annotations'))
+        splits = {}
         for split, num, rng in (('train', num_train, train_rng), ('val', num_val, val_rng)):
-            coco = make_split(tmp_dir, split, num, height, width, classes, rng, image_format)
+            splits[split] = coco = make_split(tmp_dir, split, num, height, width, classes, rng, image_format)
             with open(osp.join(tmp_dir, 'annotations', f'instances_{split}.json'), 'w') as f:
                 json.dump(coco, f)
+        if annotation_format == 'voc':
+            _to_voc_layout(tmp_dir, splits)
+        elif annotation_format == 'yolo':
+            _to_yolo_layout(tmp_dir, splits, classes)
         if osp.exists(out_dir):  # overwrite: move the old copy aside first so out_dir is never half-written
             old_dir = tempfile.mkdtemp(prefix=f'.{osp.basename(out_dir)}.old-', dir=parent)
             os.replace(out_dir, osp.join(old_dir, 'data'))
@@ -221,3 +244,70 @@ def make_toy_coco(out_dir: str, num_train: int = 64, num_val: int = 16, img_size
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
     return out_dir
+
+
+def _voc_xml(image: dict, objects: List[dict], names: Dict[int, str]) -> str:
+    """VOC XML of one image (1-based, inclusive pixel boxes)."""
+    lines = ['<annotation>', f'  <folder>{VOC_YEAR_DIR}</folder>', f'  <filename>{image["file_name"]}</filename>',
+             f'  <size><width>{image["width"]}</width><height>{image["height"]}</height><depth>3</depth></size>']
+    for obj in objects:
+        x, y, w, h = obj['bbox']
+        lines += ['  <object>', f'    <name>{names[obj["category_id"]]}</name>', '    <pose>Unspecified</pose>',
+                  '    <truncated>0</truncated>', '    <difficult>0</difficult>',
+                  f'    <bndbox><xmin>{x + 1}</xmin><ymin>{y + 1}</ymin><xmax>{x + w}</xmax><ymax>{y + h}</ymax>'
+                  '</bndbox>', '  </object>']
+    return '\n'.join(lines + ['</annotation>', ''])
+
+
+def _objects_by_image(coco: Dict) -> Dict[int, List[dict]]:
+    by_image: Dict[int, List[dict]] = {image['id']: [] for image in coco['images']}
+    for ann in coco['annotations']:
+        by_image[ann['image_id']].append(ann)
+    return by_image
+
+
+def _to_voc_layout(root: str, splits: Dict[str, Dict]) -> None:
+    """Rewrite the generated COCO tree under ``root`` as a VOC year folder (ids continue across splits)."""
+    year = osp.join(root, VOC_YEAR_DIR)
+    for folder in ('Annotations', 'JPEGImages', osp.join('ImageSets', 'Main')):
+        os.makedirs(osp.join(year, folder))
+    next_id = 1
+    for split, coco in splits.items():
+        names = {category['id']: category['name'] for category in coco['categories']}
+        objects = _objects_by_image(coco)
+        ids = []
+        for image in coco['images']:
+            image_id = f'{next_id:06d}'
+            next_id += 1
+            extension = osp.splitext(image['file_name'])[1]
+            os.replace(osp.join(root, split, image['file_name']), osp.join(year, 'JPEGImages', image_id + extension))
+            renamed = dict(image, file_name=image_id + extension)
+            with open(osp.join(year, 'Annotations', f'{image_id}.xml'), 'w') as file:
+                file.write(_voc_xml(renamed, objects[image['id']], names))
+            ids.append(image_id)
+        with open(osp.join(year, 'ImageSets', 'Main', f'{split}.txt'), 'w') as file:
+            file.write('\n'.join(ids) + '\n')
+        os.rmdir(osp.join(root, split))
+    shutil.rmtree(osp.join(root, 'annotations'))
+
+
+def _to_yolo_layout(root: str, splits: Dict[str, Dict], classes: Sequence[str]) -> None:
+    """Rewrite the generated COCO tree under ``root`` in Ultralytics' layout (normalised centre boxes)."""
+    for split, coco in splits.items():
+        image_dir, label_dir = osp.join(root, 'images', split), osp.join(root, 'labels', split)
+        os.makedirs(label_dir)
+        os.makedirs(osp.dirname(image_dir), exist_ok=True)
+        os.replace(osp.join(root, split), image_dir)
+        objects = _objects_by_image(coco)
+        for image in coco['images']:
+            lines = []
+            for obj in objects[image['id']]:
+                x, y, w, h = obj['bbox']
+                lines.append(f'{obj["category_id"] - 1} {(x + w / 2) / image["width"]:.6f} '
+                             f'{(y + h / 2) / image["height"]:.6f} {w / image["width"]:.6f} {h / image["height"]:.6f}')
+            with open(osp.join(label_dir, osp.splitext(image['file_name'])[0] + '.txt'), 'w') as file:
+                file.write(''.join(line + '\n' for line in lines))
+    names = ''.join(f'  {index}: {name}\n' for index, name in enumerate(classes))
+    with open(osp.join(root, 'data.yaml'), 'w') as file:
+        file.write(f'path: .\ntrain: images/train\nval: images/val\nnames:\n{names}')
+    shutil.rmtree(osp.join(root, 'annotations'))

@@ -42,14 +42,17 @@ class ConversionError(ValueError):
 
 
 def load_config(config: ConfigLike) -> Config:
-    """A :class:`Config` from a path (or the config itself); the project's modules are registered."""
+    """A :class:`Config` from a path (or the config itself), every head's ``num_classes`` resolved from its datasets
+    (:func:`brs_detr.datasets.num_classes.load_config`); the project's modules are registered."""
     if isinstance(config, Config):
         return config
     if not osp.isfile(config):
         raise ConversionError(f'config {config} does not exist')
     from mmengine.registry import init_default_scope
+
+    from brs_detr.datasets.num_classes import load_config as load_resolved_config
     init_default_scope('mmdet')  # the project's configs build from mmdet's registries
-    return Config.fromfile(config)
+    return load_resolved_config(config)
 
 
 def detector_type(config: ConfigLike) -> str:

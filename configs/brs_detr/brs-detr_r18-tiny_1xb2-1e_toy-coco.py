@@ -8,7 +8,8 @@
 #   python tools/train.py configs/brs_detr/brs-detr_r18-tiny_1xb2-1e_toy-coco.py
 _base_ = '../co_deformable_detr/co_deformable_detr_r18-tiny_1xb2-1e_toy-coco.py'
 
-num_classes = 3
+# every head follows the datasets' metainfo classes (brs_detr.datasets.num_classes)
+num_classes = 'from_dataset'
 embed_dims = 64
 rank_loss_type = 'BucketedRankSortLoss'
 rank_loss_delta = 0.5

@@ -59,7 +59,7 @@ model = dict(
                 in_channels=256,
                 fc_out_channels=1024,
                 roi_feat_size=7,
-                num_classes=80,
+                num_classes='from_dataset',
                 bbox_coder=dict(
                     type='DeltaXYWHBBoxCoder',
                     target_means=[0.0, 0.0, 0.0, 0.0],
@@ -75,7 +75,7 @@ model = dict(
     aux_bbox_head=[
         dict(
             type='CoRankBasedATSSHead',
-            num_classes=80,
+            num_classes='from_dataset',
             in_channels=256,
             stacked_convs=1,
             feat_channels=256,

@@ -11,7 +11,8 @@ rank_loss_method = 'pairwise'
 query_rank_weight = 2.0  # query head and positive queries
 aux_rank_weight = 5.0  # RoI and ATSS heads
 rpn_rank_weight = 1.0
-num_classes = 3
+# every head follows the datasets' metainfo classes (brs_detr.datasets.num_classes)
+num_classes = 'from_dataset'
 embed_dims = 64
 
 model = dict(

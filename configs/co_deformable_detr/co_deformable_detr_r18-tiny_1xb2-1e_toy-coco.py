@@ -11,7 +11,8 @@ _base_ = [
 ]
 custom_imports = dict(imports=['brs_detr'], allow_failed_imports=False)
 
-num_classes = 3
+# every head follows the datasets' metainfo classes (brs_detr.datasets.num_classes)
+num_classes = 'from_dataset'
 base_channels = 16
 embed_dims = 64
 num_queries = 30

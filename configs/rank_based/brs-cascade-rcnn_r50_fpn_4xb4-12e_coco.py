@@ -9,7 +9,7 @@ rank_based_bbox_head = dict(
     in_channels=256,
     fc_out_channels=1024,
     roi_feat_size=7,
-    num_classes=80,
+    num_classes='from_dataset',  # the datasets' metainfo classes (brs_detr.datasets.num_classes)
     bbox_coder=dict(type='DeltaXYWHBBoxCoder', target_means=[0., 0., 0., 0.], target_stds=[0.1, 0.1, 0.2, 0.2]),
     reg_class_agnostic=True,
     reg_decoded_bbox=True,

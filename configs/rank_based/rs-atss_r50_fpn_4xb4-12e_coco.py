@@ -9,6 +9,7 @@ custom_imports = dict(imports=['brs_detr'], allow_failed_imports=False)
 model = dict(
     bbox_head=dict(
         type='RankBasedATSSHead',
+        num_classes='from_dataset',  # the datasets' metainfo classes (brs_detr.datasets.num_classes)
         anchor_generator=dict(octave_base_scale=4, scales_per_octave=3),
         loss_cls=dict(_delete_=True, type='RankSortLoss', delta=0.5, loss_weight=1.0),
         # value-matched to the ranking loss: its weight must stay 1 (the head raises otherwise)

@@ -21,6 +21,7 @@ model = dict(
     roi_head=dict(
         bbox_head=dict(
             type='RankBasedShared2FCBBoxHead',
+            num_classes='from_dataset',  # the datasets' metainfo classes (brs_detr.datasets.num_classes)
             reg_decoded_bbox=True,
             loss_cls=dict(_delete_=True, type='RankSortLoss', delta=0.5, loss_weight=1.0),
             loss_bbox=dict(_delete_=True, type='GIoULoss', loss_weight=1.0))),

@@ -25,7 +25,7 @@ model = dict(
             num_convs=4,
             in_channels=256,
             conv_out_channels=256,
-            num_classes=80,
+            num_classes='from_dataset',
             # mmdet's DiceLoss adds eps to both sums: 2 x 5e-6 = the released 1e-5
             loss_mask=dict(
                 type='DiceLoss', use_sigmoid=True, activate=True, naive_dice=False, eps=5e-6,

@@ -14,9 +14,7 @@ _base_ = [
     'mmdet::_base_/schedules/schedule_1x.py', 'mmdet::_base_/default_runtime.py'
 ]
 
-num_classes = 1203
-model = dict(
-    roi_head=dict(bbox_head=dict(num_classes=num_classes), mask_head=dict(num_classes=num_classes)),
+model = dict(  # the heads take the 1203 classes from LVISV1Dataset's metainfo
     test_cfg=dict(rcnn=dict(score_thr=0.60, max_per_img=300)))
 
 train_dataloader = dict(batch_size=4, num_workers=4)

@@ -10,6 +10,7 @@ custom_imports = dict(imports=['brs_detr'], allow_failed_imports=False)
 model = dict(
     bbox_head=dict(
         type='RankBasedPAAHead',
+        num_classes='from_dataset',  # the datasets' metainfo classes (brs_detr.datasets.num_classes)
         anchor_generator=dict(octave_base_scale=4, scales_per_octave=3),
         loss_cls=dict(_delete_=True, type='RankSortLoss', delta=0.5, loss_weight=1.0),
         assign_loss_cls=dict(type='FocalLoss', use_sigmoid=True, gamma=2.0, alpha=0.25, loss_weight=1.0),

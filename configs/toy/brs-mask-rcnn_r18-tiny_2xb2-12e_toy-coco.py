@@ -10,7 +10,8 @@ _base_ = './atss_r18-tiny_2xb2-12e_toy-coco.py'
 tta_model = None
 tta_pipeline = None
 
-num_classes = 3
+# every head follows the datasets' metainfo classes (brs_detr.datasets.num_classes)
+num_classes = 'from_dataset'
 neck_channels = 64  # the FPN width of the base config
 strides = [8, 16, 32]
 rank_loss = dict(type='BucketedRankSortLoss', delta=0.5, loss_weight=1.0)

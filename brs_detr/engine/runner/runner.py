@@ -17,13 +17,15 @@ from mmdet.registry import RUNNERS
 from brs_detr.fileio.atomic_io import atomic_write_text
 from brs_detr.fileio.checkpoint import CheckpointReadError, check_checkpoint_readable
 from .checkpoint_fit import state_dict_fit
+from .class_weights import checkpoint_num_classes, class_dependent_weights
 
 #: File in the work_dir naming the latest checkpoint (written by the CheckpointHook).
 LAST_CHECKPOINT_MARKER = 'last_checkpoint'
 #: Names of the checkpoints the CheckpointHook writes by default (``epoch_N.pth`` / ``iter_N.pth``).
 RESUMABLE_CHECKPOINT = re.compile(r'^(epoch|iter)_\d+\.pth$')
-#: How strictly a checkpoint loaded with ``load_from`` must fit the model (resuming is always ``'exact'``).
-FIT_POLICIES = ('partial', 'weights')
+#: How strictly a checkpoint loaded with ``load_from`` must fit the model (resuming is always exact):
+#: ``'fine-tune'`` (training) lets class-dependent weights differ, ``'weights'`` (testing) nothing.
+FIT_POLICIES = ('fine-tune', 'weights')
 #: Buffers a checkpoint of the same model may lack without changing its predictions (older BatchNorm checkpoints).
 OPTIONAL_BUFFER_SUFFIXES = ('num_batches_tracked', )
 
@@ -63,6 +65,23 @@ def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     return candidates[-1]
 
 
+def revised_key(key: str, revise_keys: list) -> str:
+    """A checkpoint key after mmengine's ``revise_keys`` (``(pattern, replacement)`` pairs, e.g. no ``module.``)."""
+    for pattern, replacement in revise_keys:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _listed(keys: List[str], limit: int = 5) -> str:
+    return ', '.join(keys[:limit]) + (f', ... ({len(keys) - limit} more)' if len(keys) > limit else '')
+
+
+def _head_classes(model, heads: List[str]) -> List[int]:
+    """``num_classes`` of each named head of ``model``."""
+    modules = dict(model.named_modules())
+    return [modules[head].num_classes for head in heads]
+
+
 @RUNNERS.register_module()
 class ReliableRunner(Runner):
     """mmengine's :class:`~mmengine.runner.Runner`, with what changes listed here (``tools/train.py`` and
@@ -76,17 +95,21 @@ class ReliableRunner(Runner):
 
       - resuming needs an exact fit (mmengine loads with ``strict=False``: a checkpoint of another model resumes
         with a warning and partly random weights);
-      - ``load_from`` with ``checkpoint_fit='partial'`` (training; fine-tuning from another number of classes is
-        normal) refuses only a checkpoint of which nothing fits and logs what does not;
-        ``checkpoint_fit='weights'`` (testing) refuses any missing or reshaped weight (a missing BatchNorm
-        ``num_batches_tracked`` counter is tolerated: it does not change predictions).
+      - ``load_from`` with ``checkpoint_fit='fine-tune'`` (training) loads every weight that fits; the class
+        layers of the heads may have another number of classes (fine-tuning a COCO model on a data set with 3
+        classes): they keep the model's own initialisation (e.g. the classifiers' prior bias) and are listed in the
+        log, key by key, with both shapes (:mod:`brs_detr.engine.runner.class_weights`). Anything else that does
+        not fit (a missing, unexpected or reshaped weight that is not a class layer) is refused: no silent partial
+        load;
+      - ``checkpoint_fit='weights'`` (testing) refuses any missing or reshaped weight.
 
-      The error (:class:`CheckpointFitError`) names the file, counts what fits and lists the first mismatching
-      keys with their shapes.
+      A missing BatchNorm ``num_batches_tracked`` counter is tolerated (it does not change predictions). The error
+      (:class:`CheckpointFitError`) names the file, counts what fits and lists the first mismatching keys with
+      their shapes.
     """
 
     #: How strictly a ``load_from`` checkpoint must fit (one of :data:`FIT_POLICIES`); set by the tools.
-    checkpoint_fit: str = 'partial'
+    checkpoint_fit: str = 'fine-tune'
     _resuming = False
 
     def dump_config(self) -> None:
@@ -117,29 +140,68 @@ class ReliableRunner(Runner):
         finally:
             self._resuming = False
 
-    def _check_fit(self, filename: str, checkpoint: dict, model, revise_keys: list) -> None:
+    def _check_fit(self, filename: str, checkpoint: dict, model, revise_keys: list) -> List[str]:
+        """Refuse a checkpoint that does not fit by :attr:`checkpoint_fit`; the keys not to load (class layers).
+
+        Returns:
+            The model's keys of the class-dependent weights that keep the model's initialisation.
+        """
         state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
         if not isinstance(state, dict):
             raise CheckpointFitError(f'{filename} holds no state dict (expected a dict with "state_dict")')
-        for pattern, replacement in revise_keys:
-            state = {re.sub(pattern, replacement, key): value for key, value in state.items()}
+        state = {revised_key(key, revise_keys): value for key, value in state.items()}
         if self.checkpoint_fit not in FIT_POLICIES:
             raise ValueError(f'checkpoint_fit must be one of {FIT_POLICIES}, got {self.checkpoint_fit!r}')
-        fit = state_dict_fit(model.state_dict(), state)
+        model_state = model.state_dict()
+        fit = state_dict_fit(model_state, state)
         if fit.exact:
-            return
+            return []
         config = self.cfg.filename or 'the config'
         if self._resuming:
             raise CheckpointFitError(f'cannot resume from {filename}: it is not a checkpoint of the model of '
                                      f'{config} ({fit.describe()}). Resume with the config it was trained with.')
         missing_weights = [key for key in fit.missing if not key.endswith(OPTIONAL_BUFFER_SUFFIXES)]
-        if self.checkpoint_fit == 'weights' and (missing_weights or fit.reshaped):
-            raise CheckpointFitError(f'the weights {filename} do not fit the model of {config} ({fit.describe()}): '
-                                     'they were trained with another config (model, backbone or number of classes)')
+        if self.checkpoint_fit == 'weights':
+            if missing_weights or fit.reshaped:
+                raise CheckpointFitError(f'the weights {filename} do not fit the model of {config} '
+                                         f'({fit.describe()}): they were trained with another config (model, '
+                                         'backbone or number of classes)')
+            return []
+        return self._class_weights_to_skip(filename, checkpoint, model, model_state, state, fit, missing_weights)
+
+    def _class_weights_to_skip(self, filename: str, checkpoint: dict, model, model_state: dict, state: dict,
+                               fit, missing_weights: List[str]) -> List[str]:
+        """``load_from`` while fine-tuning: class layers may differ (logged), nothing else may."""
+        config = self.cfg.filename or 'the config'
+        reshaped = [key for key in state if key in model_state and tuple(state[key].shape) != tuple(
+            model_state[key].shape)]
+        split = class_dependent_weights(model, {k: tuple(v.shape) for k, v in model_state.items()},
+                                        {k: tuple(v.shape) for k, v in state.items() if hasattr(v, 'shape')},
+                                        reshaped, checkpoint_num_classes(checkpoint))
         if fit.num_loaded == 0:
             raise CheckpointFitError(f'nothing in {filename} fits the model of {config} ({fit.describe()}): it is '
                                      'a checkpoint of another model')
-        self.logger.warning(f'{filename} fits the model of {config} only partly: {fit.describe()}')
+        if missing_weights or fit.unexpected or split.other:
+            problems = [f'{len(keys)} {what}: {_listed(keys)}' for keys, what in (
+                (missing_weights, 'missing from the checkpoint'), (split.other, 'with another shape that is not a '
+                                                                    'class layer of a head'),
+                (fit.unexpected, 'in the checkpoint but not in the model')) if keys]
+            raise CheckpointFitError(
+                f'load_from {filename} does not fit the model of {config} beyond its class-dependent weights '
+                f'({"; ".join(problems)}): it is a checkpoint of another model. To initialise only a part of the '
+                'model from it (e.g. the backbone), give that part init_cfg=dict(type="Pretrained", '
+                'checkpoint=..., prefix=...) instead of load_from.')
+        if split.class_weights:
+            theirs = (f'{split.checkpoint_classes} classes' if split.checkpoint_classes is not None else
+                      'another number of classes') + (' (its meta)' if split.classes_source == 'meta' else
+                                                     ' (as its weights imply)')
+            ours = sorted(set(_head_classes(model, [weight.head for weight in split.class_weights])))
+            self.logger.warning(
+                f'load_from {filename}: the checkpoint has {theirs}, the model {"/".join(map(str, ours))}: '
+                f'{len(split.class_weights)} class-dependent weights are not loaded and keep the model\'s '
+                f'initialisation: {"; ".join(weight.describe() for weight in split.class_weights)}. Every other '
+                'weight was loaded.')
+        return [weight.key for weight in split.class_weights]
 
     def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu', strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]):  # noqa: B006  (the parent's signature)
@@ -149,7 +211,15 @@ class ReliableRunner(Runner):
         self.call_hook('after_load_checkpoint', checkpoint=checkpoint)
         model = self.model.module if is_model_wrapper(self.model) else self.model
         # mmengine loads the weights of a test-time-augmentation model into its detector (tools/test.py --tta)
-        self._check_fit(filename, checkpoint, model.module if isinstance(model, BaseTTAModel) else model, revise_keys)
+        detector = model.module if isinstance(model, BaseTTAModel) else model
+        keep_initialised = set(self._check_fit(filename, checkpoint, detector, revise_keys))
+        if keep_initialised:  # loaded with the model's own values: everything else must load exactly
+            model_state = detector.state_dict()
+            state = checkpoint.get('state_dict', checkpoint)
+            for key in list(state):
+                revised = revised_key(key, revise_keys)
+                if revised in keep_initialised:
+                    state[key] = model_state[revised]
         checkpoint = _load_checkpoint_to_model(model, checkpoint, strict, revise_keys=revise_keys)
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')

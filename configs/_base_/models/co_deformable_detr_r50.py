@@ -5,7 +5,8 @@
 # Auxiliary losses are weighted lambda_2 * num_dec_layer (= 12), the positive queries lambda_1 (= 1).
 custom_imports = dict(imports=['brs_detr'], allow_failed_imports=False)
 
-num_classes = 80
+# every head follows the datasets' metainfo classes (brs_detr.datasets.num_classes: 80 for COCO)
+num_classes = 'from_dataset'
 num_dec_layer = 6
 lambda_1 = 1.0
 lambda_2 = 2.0

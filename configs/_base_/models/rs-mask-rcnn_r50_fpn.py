@@ -22,11 +22,13 @@ model = dict(
         max_masks_per_batch=200,
         bbox_head=dict(
             type='RankBasedShared2FCBBoxHead',
+            num_classes='from_dataset',  # the datasets' metainfo classes (brs_detr.datasets.num_classes)
             reg_decoded_bbox=True,
             loss_cls=dict(_delete_=True, type='RankSortLoss', delta=0.5, loss_weight=1.0),
             loss_bbox=dict(_delete_=True, type='GIoULoss', loss_weight=1.0)),
         mask_head=dict(
             type='RankBasedFCNMaskHead',
+            num_classes='from_dataset',
             # mmdet's DiceLoss adds eps to both sums: 2 x 5e-6 = the released 1e-5
             loss_mask=dict(
                 _delete_=True, type='DiceLoss', use_sigmoid=True, activate=True, naive_dice=False, eps=5e-6,
