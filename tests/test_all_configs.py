@@ -3,8 +3,9 @@
 The configs are found by a glob, so a config added later is covered without touching this file; only fragments
 under a ``_base_`` folder (model, dataset or schedule parts, not complete configs) are skipped. For each config:
 
-1. ``load_config`` (``Config.fromfile`` with its ``custom_imports``, every head's ``num_classes`` resolved from the
-   datasets as the tools do), ``MODELS.build`` and ``init_weights`` of the model (as the
+0. with other classes in every dataset's ``metainfo``, every head of the model follows them (``num_classes``);
+1. ``Config.fromfile`` (with its ``custom_imports``) and every head's ``num_classes`` resolved from the datasets
+   (``resolve_num_classes``, as the tools load configs), ``MODELS.build`` and ``init_weights`` of the model (as the
    runner initialises it), with every ``Pretrained`` ``init_cfg`` dropped and ``load_from`` ignored (no weights
    can be downloaded here) and the RPN's training proposals capped at :data:`TEST_PROPOSALS_PER_IMAGE` per image
    (the images are tiny);
@@ -23,6 +24,7 @@ fails when a config does not build, does not step or has a broken pipeline.
 """
 from __future__ import annotations
 
+import copy
 import gc
 import importlib.util
 import json
@@ -44,7 +46,8 @@ from mmengine.runner import set_random_seed
 
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
-from brs_detr.datasets.num_classes import load_config
+from brs_detr.datasets.data_check import dataset_leaves
+from brs_detr.datasets.num_classes import load_config, resolve_num_classes
 from mmdet.utils import register_all_modules
 from state_dict_layouts import random_state_dict
 
@@ -71,6 +74,8 @@ SEED = 0
 #: Proposals per image kept by two-stage models in the test (``rpn_proposal.max_per_img``; 1000 in the configs):
 #: scaled down with the image, since CPU RoIAlign over thousands of RoIs per stage dominates the step otherwise.
 TEST_PROPOSALS_PER_IMAGE = 64
+#: Classes every config is also loaded with: every head must follow them (one place for the classes).
+CUSTOM_CLASSES = ('cat', 'dog', 'bird')
 
 register_all_modules()
 
@@ -246,10 +251,24 @@ def run_pipelines(cfg: Config, sample: dict) -> None:
         assert packed['data_samples'].metainfo['img_shape'] == tuple(inputs.shape[1:])
 
 
+def check_heads_follow_the_classes(cfg: Config) -> None:
+    """With other classes in every dataset's ``metainfo``, every head of the model predicts that many (a head that
+    states its own number raises ``NumClassesError``, naming it)."""
+    custom = copy.deepcopy(cfg)
+    for split in ('train', 'val', 'test'):
+        loader = custom.get(f'{split}_dataloader')
+        if isinstance(loader, dict) and isinstance(loader.get('dataset'), dict):
+            for _, leaf in dataset_leaves(loader['dataset'], split):
+                leaf['metainfo'] = dict(classes=CUSTOM_CLASSES)
+    assert resolve_num_classes(custom) == len(CUSTOM_CLASSES)
+
+
 def check_config(path: Path, pipeline_folder: Path) -> Dict[str, object]:
     """Build, step, pipelines and zoo layouts of one config (module docstring); what was found."""
     init_default_scope('mmdet')
-    cfg = load_config(str(path))
+    cfg = Config.fromfile(str(path))
+    check_heads_follow_the_classes(cfg)
+    resolve_num_classes(cfg)  # what load_config does: the tools' path
     drop_pretrained_weights(cfg.model)
     shrink_proposals(cfg.model)
     set_random_seed(SEED)

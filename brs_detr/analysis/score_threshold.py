@@ -109,8 +109,7 @@ def operating_points(outcomes: np.ndarray, scores: np.ndarray, num_objects: int)
     tp, kept, score, next_score = tp[cut], kept[cut], sorted_scores[cut], next_score[cut]
     precision = tp / kept
     recall = tp / num_objects if num_objects else np.zeros_like(precision, dtype=np.float64)
-    with np.errstate(invalid='ignore', divide='ignore'):
-        f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
+    f1 = 2 * tp / (kept + num_objects)  # = 2PR / (P + R); equal ratios give equal floats (ties are exact)
     return dict(score=score, next_score=next_score, kept=kept, tp=tp, precision=precision, recall=recall, f1=f1)
 
 

@@ -285,8 +285,8 @@ def _class_count_warnings(report: CocoCheckReport, training: bool) -> List[str]:
         return []
     effect = ('the model gets no positive example of them and will not learn to detect them' if training else
               'their AP cannot be measured (CocoMetric reports nan)')
-    return [f'{report.ann_file}: {len(absent)} of the config\'s {len(report.objects_per_class)} classes have no '
-            f'object in this file ({_listed(absent, 20)}): {effect}']
+    return [f'{report.ann_file}: {len(absent)} of the {len(report.objects_per_class)} classes have no object in this '
+            f'file ({_listed(absent, 20)}): {effect}']
 
 
 def format_class_counts(objects_per_class: Dict[str, int], limit: int = 20) -> str:

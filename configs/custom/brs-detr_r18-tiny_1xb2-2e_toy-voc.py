@@ -26,3 +26,4 @@ load_from = 'work_dirs/brs-detr_r18-tiny_1xb2-2e_toy-yolo/epoch_2.pth'
 optim_wrapper = dict(optimizer=dict(lr=5e-4))
 train_cfg = dict(max_epochs=2, val_interval=2)
 param_scheduler = [dict(type='MultiStepLR', begin=0, end=2, by_epoch=True, milestones=[2], gamma=0.2)]
+randomness = dict(seed=0)  # the same checkpoint in every run

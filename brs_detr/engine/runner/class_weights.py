@@ -129,8 +129,8 @@ def class_dependent_weights(model: nn.Module, model_shapes: Mapping[str, Shape],
         checkpoint_classes: The checkpoint's class count from its meta (:func:`checkpoint_num_classes`), if known.
 
     Returns:
-        The split; with ``checkpoint_classes=None`` a key counts as a class layer only when all candidates agree
-        on one checkpoint class count.
+        The split; with ``checkpoint_classes=None`` the checkpoint class count is the one that explains the most
+        reshaped keys, and only the keys it explains are class layers.
     """
     heads = _class_heads(model)
     candidates: List[Tuple[ClassWeight, Set[int]]] = []
@@ -150,10 +150,17 @@ def class_dependent_weights(model: nn.Module, model_shapes: Mapping[str, Shape],
             other.append(f'{key}: checkpoint {theirs} vs model {ours}')
     if checkpoint_classes is not None:
         return ClassWeightSplit([weight for weight, _ in candidates], other, checkpoint_classes, 'meta')
-    agreed = set.intersection(*(counts for _, counts in candidates)) if candidates else set()
-    if candidates and not agreed:  # no single class count explains them all: not a change of classes
-        other += [f'{weight.key}: checkpoint {weight.checkpoint_shape} vs model {weight.model_shape}'
-                  for weight, _ in candidates]
+    if not candidates:
         return ClassWeightSplit([], other, None, 'weights')
-    inferred = next(iter(agreed)) if len(agreed) == 1 else None
-    return ClassWeightSplit([weight for weight, _ in candidates], other, inferred, 'weights')
+    # the class count that explains the most weights (the smallest among equals); a weight it does not explain
+    # is not a class layer
+    support: Dict[int, int] = {}
+    for _, counts in candidates:
+        for count in counts:
+            support[count] = support.get(count, 0) + 1
+    best = min(support, key=lambda count: (-support[count], count))
+    class_weights = [weight for weight, counts in candidates if best in counts]
+    other += [f'{weight.key}: checkpoint {weight.checkpoint_shape} vs model {weight.model_shape}'
+              for weight, counts in candidates if best not in counts]
+    agreed = set.intersection(*(counts for weight, counts in candidates if best in counts))
+    return ClassWeightSplit(class_weights, other, best if len(agreed) == 1 else None, 'weights')
