@@ -40,9 +40,14 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+#: A single ``--classes`` value with one of these endings names a class-list file.
+CLASS_LIST_ENDINGS = ('.txt', '.names', '.yaml', '.yml')
+
+
 def class_names(values: Optional[List[str]]) -> Optional[List[str]]:
-    """``--classes``: names, or the names listed in the one file given."""
-    if values is not None and len(values) == 1 and osp.isfile(values[0]):
+    """``--classes``: names, or the names listed in the one file given (an existing file, or a name ending in
+    :data:`CLASS_LIST_ENDINGS`)."""
+    if values is not None and len(values) == 1 and (osp.isfile(values[0]) or values[0].endswith(CLASS_LIST_ENDINGS)):
         from brs_detr.datasets.converters.coco_output import read_class_names
         return read_class_names(values[0])
     return values
@@ -50,14 +55,10 @@ def class_names(values: Optional[List[str]]) -> Optional[List[str]]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from brs_detr.datasets.converters import ConversionError, convert_voc
-    try:
-        convert_voc(args.input, args.out_dir or osp.join(args.input, 'annotations'), class_names(args.classes),
-                    img_dir=args.img_dir, years=args.years, splits=args.splits, difficult=args.difficult)
-    except ConversionError as error:
-        print(f'voc2coco.py: error: {error}', file=sys.stderr)
-        return 2
-    return 0
+    from brs_detr.datasets.converters import convert_voc, run_conversion
+    return run_conversion('voc2coco.py', lambda: convert_voc(
+        args.input, args.out_dir or osp.join(args.input, 'annotations'), class_names(args.classes),
+        img_dir=args.img_dir, years=args.years, splits=args.splits, difficult=args.difficult))
 
 
 if __name__ == '__main__':

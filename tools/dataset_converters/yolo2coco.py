@@ -33,14 +33,9 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
-    from brs_detr.datasets.converters import ConversionError, convert_yolo
-    try:
-        convert_yolo(args.data_root, args.out_dir or osp.join(args.data_root, 'annotations'), args.classes,
-                     splits=args.splits)
-    except ConversionError as error:
-        print(f'yolo2coco.py: error: {error}', file=sys.stderr)
-        return 2
-    return 0
+    from brs_detr.datasets.converters import convert_yolo, run_conversion
+    return run_conversion('yolo2coco.py', lambda: convert_yolo(
+        args.data_root, args.out_dir or osp.join(args.data_root, 'annotations'), args.classes, splits=args.splits))
 
 
 if __name__ == '__main__':

@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import os
 import os.path as osp
+import sys
 from dataclasses import dataclass, field
-from typing import List, Optional, Sequence, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from ..coco_check import CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, format_class_counts
 
@@ -27,6 +28,8 @@ OUTSIDE_TOLERANCE = DataCheckPolicy.outside_tolerance
 MIN_BOX_SIZE = 1.0
 #: Digits boxes are rounded to in the JSON (a hundredth of a pixel).
 BOX_DECIMALS = 2
+#: Exit status of a converter tool stopped by bad input (argparse's status for bad arguments).
+USAGE_ERROR_STATUS = 2
 
 
 class ConversionError(DataCheckError):
@@ -155,6 +158,16 @@ def summary(out_file: str, report: CocoCheckReport, notes: Optional[Sequence[str
     line = (f'{out_file}: {report.num_images} images, {objects} objects '
             f'({format_class_counts(report.objects_per_class, limit=50)})')
     return line + ''.join(f'; {note}' for note in notes or [])
+
+
+def run_conversion(tool: str, convert: Callable[[], object]) -> int:
+    """A converter tool's exit status: 0, or 2 after ``<tool>: error: <message>`` for a :class:`ConversionError`."""
+    try:
+        convert()
+    except ConversionError as error:
+        print(f'{tool}: error: {error}', file=sys.stderr)
+        return USAGE_ERROR_STATUS
+    return 0
 
 
 def read_class_names(path: str) -> List[str]:
