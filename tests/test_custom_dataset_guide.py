@@ -110,8 +110,9 @@ def test_conversions_keep_the_generated_objects(walkthrough):
         for file in files:
             coco = json.loads((base / file).read_text())
             assert len(coco['categories']) == num_classes
-            counts = ', '.join(f'{category["name"]} {sum(a["category_id"] == category["id"] for a in coco["annotations"])}'
-                               for category in coco['categories'])
+            counts = ', '.join(
+                f'{category["name"]} {sum(ann["category_id"] == category["id"] for ann in coco["annotations"])}'
+                for category in coco['categories'])
             assert f'{file}: {len(coco["images"])} images, {len(coco["annotations"])} objects ({counts})' in summary
 
 

@@ -288,6 +288,11 @@ def test_weights_of_another_model_are_refused(demo_module, demo_env, no_display)
     assert re.search(r'\d+ in the checkpoint but not in the model: bbox_head\.', message), message
 
 
+#: --cfg-options that give the toy config 5 classes (every head follows the datasets' metainfo).
+FIVE_CLASSES = [f'{split}_dataloader.dataset.metainfo.classes=[{",".join(CLASSES)},square,disc]'
+                for split in ('train', 'val', 'test')]
+
+
 @pytest.mark.slow  # uses the trained checkpoints
 def test_weights_of_another_shape_are_refused(demo_module, demo_env, tmp_path, no_display):
     """Same model, 5 classes instead of 3: the reshaped keys are named."""
@@ -297,7 +302,7 @@ def test_weights_of_another_shape_are_refused(demo_module, demo_env, tmp_path, n
                 r'model \(5, 64, 3, 3\), bbox_head\.atss_cls\.bias: checkpoint \(3,\) vs model \(5,\)')
     with pytest.raises(WeightsMismatchError, match=reshaped):
         demo_module.main([str(demo_env['val_dir']), str(ATSS_CONFIG), '--weights', str(demo_env['atss']),
-                          '--cfg-options', 'model.bbox_head.num_classes=5', '--out-dir', str(tmp_path)])
+                          '--cfg-options', *FIVE_CLASSES, '--out-dir', str(tmp_path)])
 
 
 @pytest.mark.slow  # uses the trained checkpoints
@@ -361,13 +366,19 @@ def test_python_api_takes_bgr_arrays(demo_env, tmp_path):
     assert load_preds(tmp_path / 'array' / 'preds' / '00000000.json') == from_file['predictions'][0]
 
 
-def test_more_classes_than_names(no_display):
-    """A model predicting more classes than its config names: the others are drawn as "class N", not an IndexError."""
+def test_more_classes_than_names(no_display, tmp_path):
+    """A checkpoint whose meta names fewer classes than its model predicts: the others are drawn as "class N", not an
+    IndexError."""
     from brs_detr.apis import BRSDetInferencer
 
-    with brs_detr_warns('the model predicts 5 classes but 3 class names are known', 'no weights given'):
-        inferencer = BRSDetInferencer(str(ATSS_CONFIG), device='cpu', show_progress=False,
-                                      cfg_options={'model.bbox_head.num_classes': 5})
+    five = {option.split('=')[0]: [*CLASSES, 'square', 'disc'] for option in FIVE_CLASSES}
+    with brs_detr_warns('no weights given'):
+        model = BRSDetInferencer(str(ATSS_CONFIG), device='cpu', show_progress=False, cfg_options=five).model
+    weights = tmp_path / 'five_classes_three_names.pth'
+    torch.save(dict(state_dict=model.state_dict(), meta=dict(dataset_meta=dict(classes=list(CLASSES)))), weights)
+    with brs_detr_warns('the model predicts 5 classes but 3 class names are known'):
+        inferencer = BRSDetInferencer(str(ATSS_CONFIG), weights=str(weights), device='cpu', show_progress=False,
+                                      cfg_options=five)
     assert inferencer.model.dataset_meta['classes'] == [*CLASSES, 'class 3', 'class 4']
 
 

@@ -24,8 +24,8 @@ register_all_modules()
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DOC = osp.join(ROOT, 'docs', 'release_settings.md')
-#: Configs that cite no release: tiny models for tests and CPU demos on the toy set.
-NO_RELEASE = ('configs/toy/*', 'configs/*/*r18-tiny*', 'configs/*/*test-convnext-timm*')
+#: Configs that cite no release: tiny models for tests and CPU demos on the toy set, templates for your own data.
+NO_RELEASE = ('configs/toy/*', 'configs/*/*r18-tiny*', 'configs/*/*test-convnext-timm*', 'configs/custom/*')
 
 
 class Deliberate(NamedTuple):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
-from typing import Dict, List, Tuple
+from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -46,8 +46,9 @@ def reference_counts(detections, truth, label, score_thr, ignored_scores=None) -
     of ignored detections are added to ``ignored_scores``."""
     tp = fp = objects = 0
     for img_id, image in truth.items():
-        gts = [tuple(box) for box, lab, ign in zip(image.boxes, image.labels, image.ignored) if lab == label and not ign]
-        crowd = [tuple(box) for box, lab, ign in zip(image.boxes, image.labels, image.ignored) if lab == label and ign]
+        annotated = list(zip(image.boxes, image.labels, image.ignored))
+        gts = [tuple(box) for box, lab, ign in annotated if lab == label and not ign]
+        crowd = [tuple(box) for box, lab, ign in annotated if lab == label and ign]
         objects += len(gts)
         dets = detections.get(img_id)
         if dets is None:

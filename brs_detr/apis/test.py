@@ -168,8 +168,7 @@ def write_evaluation_files(runner, cfg: Config, args: argparse.Namespace, metric
         atomic_write_text(json.dumps(classwise_ap(metrics, classes, names), indent=1) + '\n', path)
         print_log(f'per-class AP written to {path}', logger='current')
     if collector is not None:
-        score_thr = resolve_score_threshold(args.score_thr, args.checkpoint, classes,
-                                            warn=lambda message: warn(message))
+        score_thr = resolve_score_threshold(args.score_thr, args.checkpoint, classes, warn=warn)
         tp_iou_thr = 0.5 if args.tp_iou_thr is None else args.tp_iou_thr
         matrix = confusion_matrix(detections_from_results(collector.collected, 'the test run'),
                                   truth_from_dataset(dataset), classes, score_thr, tp_iou_thr)

@@ -123,15 +123,23 @@ def _num_classes_entries(node: Any, path: str) -> Iterator[Tuple[str, dict]]:
             yield from _num_classes_entries(value, f'{path}[{index}]')
 
 
-def _is_class_agnostic(head_cfg: dict) -> bool:
-    """Whether a head config builds a class-agnostic head (mmdet's RPNHead and its subclasses)."""
+def heads_of_other_labels() -> tuple:
+    """Head classes whose ``num_classes`` is not the dataset's: the class-agnostic RPN, the semantic head of HTC
+    (stuff classes); left out as mmdet's ``NumClassCheckHook`` leaves them out."""
     from mmdet.models.dense_heads import RPNHead
+    from mmdet.models.roi_heads.mask_heads import FusedSemanticHead
+
+    return RPNHead, FusedSemanticHead
+
+
+def _is_class_agnostic(head_cfg: dict) -> bool:
+    """Whether a head config builds a head of :func:`heads_of_other_labels`."""
     from mmdet.registry import MODELS
 
     head_type = head_cfg.get('type')
     if isinstance(head_type, str):
         head_type = MODELS.get(head_type)
-    return isinstance(head_type, type) and issubclass(head_type, RPNHead)
+    return isinstance(head_type, type) and issubclass(head_type, heads_of_other_labels())
 
 
 def resolve_num_classes(cfg: Config) -> Optional[int]:
@@ -158,7 +166,7 @@ def resolve_num_classes(cfg: Config) -> Optional[int]:
                                   f'dataset (train/val/test_dataloader.dataset) to take the classes from')
         return None
     num_classes = len(found.classes)
-    for key, node in _num_classes_entries(cfg._cfg_dict, ''):
+    for _, node in _num_classes_entries(cfg._cfg_dict, ''):
         if node[NUM_CLASSES_KEY] == FROM_DATASET:
             node[NUM_CLASSES_KEY] = num_classes
     model = cfg.get('model')
@@ -198,18 +206,16 @@ def check_config_num_classes(model_cfg: dict, found: DatasetClasses) -> None:
 
 
 def check_model_num_classes(model, num_classes: int) -> None:
-    """Every module of a built model that has an int ``num_classes`` predicts ``num_classes`` classes (RPN heads,
-    and backbones, necks and data preprocessors, left out).
+    """Every module of a built model that has an int ``num_classes`` predicts ``num_classes`` classes (RPN and
+    semantic heads, and backbones, necks and data preprocessors, left out).
 
     Raises:
         NumClassesError: Naming the modules, their types and the config keys they come from.
     """
-    from mmdet.models.dense_heads import RPNHead
-
     wrong: List[Tuple[str, str]] = []
     for name, module in model.named_modules():
         value = getattr(module, NUM_CLASSES_KEY, None)
-        if (not name or name.split('.')[0] in CLASS_FREE_PARTS or isinstance(module, RPNHead)
+        if (not name or name.split('.')[0] in CLASS_FREE_PARTS or isinstance(module, heads_of_other_labels())
                 or isinstance(value, bool) or not isinstance(value, int) or value == num_classes):
             continue
         if not any(name.startswith(f'{head}.') for head, _ in wrong):  # not a part of a head already named
@@ -239,5 +245,5 @@ def load_config(path: str) -> Config:
 
 __all__ = [
     'FROM_DATASET', 'NumClassesError', 'DatasetClasses', 'dataset_classes', 'resolve_num_classes',
-    'check_config_num_classes', 'check_model_num_classes', 'load_config'
+    'check_config_num_classes', 'check_model_num_classes', 'heads_of_other_labels', 'load_config'
 ]

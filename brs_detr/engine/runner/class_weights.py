@@ -19,7 +19,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from torch import nn
 
-from brs_detr.datasets.num_classes import CLASS_FREE_PARTS
+from brs_detr.datasets.num_classes import CLASS_FREE_PARTS, heads_of_other_labels
 
 Shape = Tuple[int, ...]
 
@@ -72,13 +72,12 @@ def checkpoint_num_classes(checkpoint: Mapping) -> Optional[int]:
 
 
 def _class_heads(model: nn.Module) -> Dict[str, int]:
-    """Module name -> ``num_classes`` for every module that predicts classes (not RPN heads, backbones, necks)."""
-    from mmdet.models.dense_heads import RPNHead
-
+    """Module name -> ``num_classes`` for every module that predicts the dataset's classes (not RPN or semantic heads,
+    backbones, necks)."""
     heads = {}
     for name, module in model.named_modules():
         value = getattr(module, 'num_classes', None)
-        if (name and name.split('.')[0] not in CLASS_FREE_PARTS and not isinstance(module, RPNHead)
+        if (name and name.split('.')[0] not in CLASS_FREE_PARTS and not isinstance(module, heads_of_other_labels())
                 and isinstance(value, int) and not isinstance(value, bool) and value > 0):
             heads[name] = value
     return heads
