@@ -15,6 +15,9 @@
   - the checkpoint loaders are installed right after ``mmengine.runner.checkpoint`` has been imported (no
     checkpoint can be loaded through mmengine before), the atomic backend after ``mmengine.fileio``
     (:func:`brs_detr.lazy_import.when_imported`).
+* :func:`_resolve_num_classes_on_load`: a config that mmengine reads from a file gets every head's
+  ``num_classes='from_dataset'`` resolved from its datasets (:mod:`brs_detr.datasets.num_classes`), so that
+  mmdet's tools and ``Config.fromfile`` + ``MODELS.build`` build the models brs-detr's tools build.
 """
 import threading
 from types import ModuleType
@@ -86,9 +89,33 @@ def _register_on_first_lookup(registry_module: ModuleType) -> None:
     registry_class.import_from_location = import_from_location
 
 
+def _resolve_num_classes_on_load(config_module: ModuleType) -> None:
+    """Wrap mmengine's ``Config.__init__`` so that a config read from a file (``filename`` given, as
+    ``Config.fromfile`` gives it) goes through :func:`brs_detr.datasets.num_classes.resolve_on_load`.
+
+    ``Config.fromfile`` imports the config's ``custom_imports`` before it creates the Config, so the config whose
+    ``custom_imports`` imported brs_detr is resolved too.
+    """
+    config_class = config_module.Config
+    original = config_class.__init__
+    if getattr(original, 'resolves_num_classes', False):  # already wrapped
+        return
+
+    def __init__(self, *args, **kwargs) -> None:
+        original(self, *args, **kwargs)
+        if kwargs.get('filename') is not None:
+            from brs_detr.datasets.num_classes import resolve_on_load
+            resolve_on_load(self)
+
+    __init__.__doc__ = original.__doc__
+    __init__.resolves_num_classes = True
+    config_class.__init__ = __init__
+
+
 def defer_registration() -> None:
     """What ``import brs_detr`` does (see the module docstring)."""
     import sys
+    when_imported('mmengine.config.config', _resolve_num_classes_on_load)
     if 'mmdet' in sys.modules:
         register_all_modules()
         return

@@ -17,9 +17,9 @@ import re
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import mmengine.config.utils as mmengine_config_utils
+from mmengine.config import Config
 
 from mmdet.registry import MODELS, TASK_UTILS
-from brs_detr.datasets.num_classes import load_config
 
 #: What a path that exists nowhere (not in the config, not as a default) reads as.
 MISSING = '<missing>'
@@ -277,7 +277,7 @@ def load(path: str) -> dict:
     """
     if not hasattr(mmengine_config_utils.load, 'cache_info'):
         mmengine_config_utils.load = functools.lru_cache(maxsize=None)(mmengine_config_utils.load)
-    cfg = load_config(path)
+    cfg = Config.fromfile(path)
     merged = cfg.to_dict()
     merged['filename'] = path
     return merged

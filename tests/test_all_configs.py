@@ -4,8 +4,8 @@ The configs are found by a glob, so a config added later is covered without touc
 under a ``_base_`` folder (model, dataset or schedule parts, not complete configs) are skipped. For each config:
 
 0. with other classes in every dataset's ``metainfo``, every head of the model follows them (``num_classes``);
-1. ``Config.fromfile`` (with its ``custom_imports``) and every head's ``num_classes`` resolved from the datasets
-   (``resolve_num_classes``, as the tools load configs), ``MODELS.build`` and ``init_weights`` of the model (as the
+1. ``read_config`` (``Config.fromfile`` with its ``custom_imports``, ``num_classes='from_dataset'`` kept) and every
+   head's ``num_classes`` resolved from the datasets (``resolve_num_classes``, as the tools load configs), ``MODELS.build`` and ``init_weights`` of the model (as the
    runner initialises it), with every ``Pretrained`` ``init_cfg`` dropped and ``load_from`` ignored (no weights
    can be downloaded here) and the RPN's training proposals capped at :data:`TEST_PROPOSALS_PER_IMAGE` per image
    (the images are tiny);
@@ -46,8 +46,7 @@ from mmengine.runner import set_random_seed
 
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
-from brs_detr.datasets.data_check import dataset_leaves
-from brs_detr.datasets.num_classes import load_config, resolve_num_classes
+from brs_detr.datasets.num_classes import dataset_leaves, load_config, read_config, resolve_num_classes
 from mmdet.utils import register_all_modules
 from state_dict_layouts import random_state_dict
 
@@ -266,7 +265,7 @@ def check_heads_follow_the_classes(cfg: Config) -> None:
 def check_config(path: Path, pipeline_folder: Path) -> Dict[str, object]:
     """Build, step, pipelines and zoo layouts of one config (module docstring); what was found."""
     init_default_scope('mmdet')
-    cfg = Config.fromfile(str(path))
+    cfg = read_config(str(path))  # num_classes='from_dataset' kept
     check_heads_follow_the_classes(cfg)
     resolve_num_classes(cfg)  # what load_config does: the tools' path
     drop_pretrained_weights(cfg.model)

@@ -17,7 +17,6 @@ from mmengine.structures import InstanceData
 
 import brs_detr  # noqa: F401  (registers the models)
 from brs_detr.models.dense_heads import CoRankBasedATSSHead, PositiveCoords
-from brs_detr.datasets.num_classes import load_config
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox_overlaps
@@ -37,7 +36,7 @@ MMLogger.get_current_instance().setLevel(logging.ERROR)
 
 def rank_based_tiny_cfg(loss_type: str = 'BucketedRankSortLoss') -> Config:
     """The tiny Co-DETR config with BRS-DETR's rank-based auxiliary heads."""
-    cfg = load_config(TINY_CONFIG)
+    cfg = Config.fromfile(TINY_CONFIG)
     model = cfg.model
     embed_dims = model.rpn_head.in_channels
     model.rpn_head = dict(

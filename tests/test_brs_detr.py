@@ -19,7 +19,6 @@ import brs_detr  # noqa: F401  (registers the models)
 from state_dict_layouts import load_layout, random_state_dict
 from brs_detr.models.detectors import convert_co_detr_state_dict
 from brs_detr.models.losses import RankingLoss
-from brs_detr.datasets.num_classes import load_config
 from mmdet.registry import MODELS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox_cxcywh_to_xyxy, bbox_overlaps
@@ -62,7 +61,7 @@ def set_ranking_loss(cfg: Config, loss: dict) -> Config:
 
 
 def build_tiny(loss_name='BRS', config=TINY_CONFIG, **overrides):
-    cfg = set_ranking_loss(load_config(config), LOSSES[loss_name])
+    cfg = set_ranking_loss(Config.fromfile(config), LOSSES[loss_name])
     cfg.model.update(overrides)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -71,7 +70,7 @@ def build_tiny(loss_name='BRS', config=TINY_CONFIG, **overrides):
 
 
 def build_full(config):
-    cfg = load_config(config)
+    cfg = Config.fromfile(config)
     cfg.model.backbone.init_cfg = None
     return cfg, MODELS.build(cfg.model)
 
@@ -158,7 +157,7 @@ def test_train_step_every_loss_key_finite(loss_name, brs_step):
 
 
 def test_rs_config_uses_pairwise_rank_sort():
-    cfg = load_config(RS_TINY_CONFIG)
+    cfg = Config.fromfile(RS_TINY_CONFIG)
     for head in (cfg.model.bbox_head, cfg.model.rpn_head, cfg.model.roi_head[0].bbox_head,
                  cfg.model.aux_bbox_head[0]):
         assert head.loss_cls.type == 'RankSortLoss' and head.loss_cls.method == 'pairwise'
@@ -167,8 +166,8 @@ def test_rs_config_uses_pairwise_rank_sort():
     assert rs_model.bbox_head.loss_cls.loss_weight == 2.0
     assert rs_model.roi_head[0].bbox_head.loss_cls.loss_weight == 5.0
     # the training step of this setting is test_train_step_every_loss_key_finite[RS]
-    switched = set_ranking_loss(load_config(TINY_CONFIG), LOSSES['RS'])
-    assert switched.model.to_dict() == load_config(RS_TINY_CONFIG).model.to_dict()
+    switched = set_ranking_loss(Config.fromfile(TINY_CONFIG), LOSSES['RS'])
+    assert switched.model.to_dict() == Config.fromfile(RS_TINY_CONFIG).model.to_dict()
 
 
 def test_box_losses_are_value_matched(brs_step):
@@ -337,7 +336,7 @@ def test_ap_losses_use_binary_targets():
     (dict(loss_cls=dict(type='FocalLoss', use_sigmoid=True, loss_weight=2.0)), TypeError, 'must be a ranking'),
 ])
 def test_dead_weights_and_score_losses_are_rejected(override, error, match):
-    cfg = load_config(TINY_CONFIG)
+    cfg = Config.fromfile(TINY_CONFIG)
     for key, value in override.items():  # replace, not merge
         cfg.model.bbox_head[key] = value
     with pytest.raises(error, match=match):
@@ -345,7 +344,7 @@ def test_dead_weights_and_score_losses_are_rejected(override, error, match):
 
 
 def test_box_weights_act_without_value_matching():
-    cfg = load_config(TINY_CONFIG)
+    cfg = Config.fromfile(TINY_CONFIG)
     head_cfg = cfg.model.bbox_head
     head_cfg.update(value_matched_bbox=False, loss_bbox=dict(type='L1Loss', loss_weight=5.0),
                     loss_iou=dict(type='GIoULoss', loss_weight=2.0), train_cfg=cfg.model.train_cfg[0],
@@ -369,7 +368,7 @@ def test_box_weights_act_without_value_matching():
 @pytest.mark.parametrize('score_weighted', [True, False])
 def test_box_losses_score_weighted_or_uniform(score_weighted):
     """Positives' box losses are averaged with their detached max class probability as weight, or uniformly."""
-    cfg = load_config(TINY_CONFIG)
+    cfg = Config.fromfile(TINY_CONFIG)
     head_cfg = cfg.model.bbox_head
     head_cfg.update(value_matched_bbox=False, score_weighted_bbox=score_weighted, train_cfg=cfg.model.train_cfg[0],
                     as_two_stage=True, num_pred_layer=NUM_DEC_LAYERS + 1)
@@ -424,17 +423,17 @@ def test_released_settings_r50():
 
 
 def test_rs_r50_and_swin_configs():
-    rs = load_config(RS_R50_CONFIG)
-    brs = load_config(R50_CONFIG)
+    rs = Config.fromfile(RS_R50_CONFIG)
+    brs = Config.fromfile(R50_CONFIG)
     for name in ('bbox_head', 'rpn_head'):
         assert rs.model[name].loss_cls == dict(type='RankSortLoss', method='pairwise', delta=0.5,
                                                loss_weight=brs.model[name].loss_cls.loss_weight)
     assert rs.model.roi_head[0].bbox_head.loss_cls.type == 'RankSortLoss'
     assert rs.model.aux_bbox_head[0].loss_cls.method == 'pairwise'
     assert rs.model.train_cfg == brs.model.train_cfg and rs.param_scheduler == brs.param_scheduler
-    swin_t = load_config(SWIN_T_CONFIG)
+    swin_t = Config.fromfile(SWIN_T_CONFIG)
     assert swin_t.model.backbone.depths == [2, 2, 6, 2] and swin_t.train_dataloader.batch_size == 4
-    swin_l = load_config(SWIN_L_CONFIG)
+    swin_l = Config.fromfile(SWIN_L_CONFIG)
     assert swin_l.model.backbone.depths == [2, 2, 18, 2] and swin_l.train_dataloader.batch_size == 2
     for cfg in (swin_t, swin_l):
         assert cfg.model.bbox_head.type == 'RankBasedCoDeformableDETRHead'

@@ -20,9 +20,9 @@ from typing import Dict, List
 
 import pytest
 import torch
+from mmengine.config import Config
 
 from conftest import CONFIGS_DIR, TOOLS_DIR
-from brs_detr.datasets.num_classes import load_config
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +80,7 @@ def untrained_map(workspace, tool_env, python_exe) -> float:
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
     register_all_modules()
-    cfg = load_config(str(BRS_CONFIG))
+    cfg = Config.fromfile(str(BRS_CONFIG))
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()

@@ -6,13 +6,13 @@ import os.path as osp
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
 import brs_detr  # noqa: F401  (registers the models)
 from brs_detr.models.dense_heads import PositiveCoords
 from brs_detr.models.layers import CoDeformableDetrTransformerDecoder
-from brs_detr.datasets.num_classes import load_config
 from mmdet.models.layers import DeformableDetrTransformerDecoder
 from mmdet.models.layers.transformer import inverse_sigmoid
 from mmdet.registry import MODELS
@@ -34,7 +34,7 @@ MMLogger.get_current_instance().setLevel(logging.ERROR)
 
 
 def build_tiny(**overrides):
-    cfg = load_config(TINY_CONFIG)
+    cfg = Config.fromfile(TINY_CONFIG)
     cfg.model.update(overrides)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -190,7 +190,7 @@ def test_query_head_prediction_has_no_nms():
 
 
 def _decoder_pair(look_forward_twice):
-    cfg = load_config(TINY_CONFIG).model.decoder
+    cfg = Config.fromfile(TINY_CONFIG).model.decoder
     cfg = cfg.to_dict()
     cfg.pop('look_forward_twice')
     cfg.pop('num_cp')  # ours only (activation checkpointing, off in the config)
@@ -365,7 +365,7 @@ def test_invalid_eval_module():
      'layouts/co-deformable-detr_swin-t_12e_coco_co-detr-paper.json'),
 ])
 def test_full_config_matches_original_parameter_count(config, layout):
-    cfg = load_config(osp.join(CONFIG_DIR, config))
+    cfg = Config.fromfile(osp.join(CONFIG_DIR, config))
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     with open(osp.join(DATA_DIR, layout)) as file:

@@ -165,10 +165,10 @@ def test_voc_size_of_an_exif_rotated_image(tmp_path):
     size is refused, the message says why."""
     root = make(tmp_path, 'voc')
     png = root / 'VOC2007' / 'JPEGImages' / '000001.png'
-    image = Image.open(png)
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate 90 degrees when displayed
-    image.save(png.with_suffix('.jpg'), exif=exif)
+    with Image.open(png) as image:
+        image.save(png.with_suffix('.jpg'), exif=exif)
     png.unlink()
     assert decoded_image_size(str(png.with_suffix('.jpg'))) == (IMG_SIZE[0], IMG_SIZE[1])  # width, height swapped
     xml = root / 'VOC2007' / 'Annotations' / '000001.xml'

@@ -20,9 +20,8 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 from brs_detr.apis.launch import load_config as load_tool_config
-from brs_detr.datasets.data_check import dataset_leaves
 from brs_detr.datasets.num_classes import (FROM_DATASET, NumClassesError, check_model_num_classes, dataset_classes,
-                                           load_config, resolve_num_classes)
+                                           dataset_leaves, load_config, read_config, resolve_num_classes)
 from brs_detr.engine import CheckpointFitError, ReliableRunner
 from brs_detr.engine.runner.class_weights import class_dependent_weights, checkpoint_num_classes
 from conftest import CONFIGS_DIR, load_tool_module
@@ -72,7 +71,7 @@ def with_classes(cfg: Config, classes) -> Config:
     (TOY_MASK_RCNN, 3, ['.model.roi_head.bbox_head', '.model.roi_head.mask_head']),
 ], ids=['brs-detr', 'cascade', 'cityscapes', 'lvis', 'mask-rcnn'])
 def test_every_head_follows_the_datasets_classes(config, dataset_count, heads):
-    raw = Config.fromfile(config)
+    raw = read_config(config)
     marked = {key: value for key, value in num_classes_values(raw._cfg_dict).items() if key.startswith('.model')}
     assert marked == {f'{head}.num_classes': FROM_DATASET for head in heads}
     assert 'num_classes' not in raw.model.get('rpn_head', {})  # class-agnostic: left alone
@@ -84,8 +83,18 @@ def test_every_head_follows_the_datasets_classes(config, dataset_count, heads):
     assert set(num_classes_values(custom.model).values()) == {len(CUSTOM_CLASSES)}
 
 
+def test_mmengines_own_loading_resolves_too():
+    """mmdet's tools read configs with ``Config.fromfile``: once brs_detr is imported (``custom_imports`` does it),
+    the heads follow the datasets there too; brs-detr's tools read the markers (read_config) to merge options first."""
+    voc = str(CONFIGS_DIR / 'custom' / 'brs-detr_r18-tiny_1xb2-2e_toy-voc.py')
+    assert set(num_classes_values(Config.fromfile(voc).model).values()) == {3}
+    assert set(num_classes_values(Config.fromfile(CITYSCAPES).model).values()) == {8}
+    assert set(num_classes_values(read_config(voc).model).values()) == {FROM_DATASET}
+    assert Config.fromfile(TINY_DETR).model.aux_bbox_head[0].num_classes == 3
+
+
 def test_a_head_with_another_count_is_an_error_naming_its_key():
-    cfg = with_classes(Config.fromfile(CASCADE), CUSTOM_CLASSES)
+    cfg = with_classes(read_config(CASCADE), CUSTOM_CLASSES)
     cfg.model.roi_head.bbox_head[1].num_classes = 80
     with pytest.raises(NumClassesError) as error:
         resolve_num_classes(cfg)
@@ -93,7 +102,6 @@ def test_a_head_with_another_count_is_an_error_naming_its_key():
         "model.roi_head.bbox_head[1].num_classes=80 (RankBasedShared2FCBBoxHead) but the dataset has 3 classes "
         "(train_dataloader.dataset.metainfo.classes = (cat, dog, bird)); set it to 'from_dataset' to follow the "
         "dataset")
-    cfg = Config.fromfile(TINY_DETR)  # the tools: --cfg-options are checked after merging
     with pytest.raises(NumClassesError, match=r"^model.aux_bbox_head\[0\].num_classes=5 \(CoRankBasedATSSHead\) but "
                        r'the dataset has 3 classes'):
         load_tool_config(TINY_DETR, {'model.aux_bbox_head.0.num_classes': 5}, 'none')
@@ -145,7 +153,7 @@ def test_train_py_refuses_a_wrong_head_before_anything_runs(tmp_path):
 
 # ----------------------------------------------------------------------------- fine-tuning across class counts
 def build_model(classes) -> torch.nn.Module:
-    cfg = with_classes(Config.fromfile(TINY_DETR), classes)
+    cfg = with_classes(read_config(TINY_DETR), classes)
     resolve_num_classes(cfg)
     torch.manual_seed(len(classes))
     model = MODELS.build(cfg.model)

@@ -16,7 +16,6 @@ from mmcv.ops import ModulatedDeformConv2dPack
 from mmengine.config import Config
 
 import brs_detr  # noqa: F401  (registers the rank-based heads)
-from brs_detr.datasets.num_classes import load_config
 from mmdet.registry import DATASETS, METRICS, MODELS
 from mmdet.utils import register_all_modules
 
@@ -49,7 +48,7 @@ register_all_modules()
 
 
 def load(name: str) -> Config:
-    return load_config(osp.join(RANK_BASED, name))
+    return Config.fromfile(osp.join(RANK_BASED, name))
 
 
 def innermost(dataset_cfg):

@@ -9,7 +9,7 @@ from typing import Dict, List
 
 import pytest
 import torch
-from mmengine.config import ConfigDict
+from mmengine.config import Config, ConfigDict
 from mmengine.logging import MMLogger
 from mmengine.structures import InstanceData
 
@@ -18,7 +18,6 @@ import brs_detr.models.dense_heads.rank_based_atss_head  # noqa: F401  (register
 import brs_detr.models.dense_heads.rank_based_rpn_head  # noqa: F401  (registers RankBasedRPNHead)
 import brs_detr.models.roi_heads.bbox_heads  # noqa: F401  (registers the rank-based box heads)
 from brs_detr.models.dense_heads.rank_based_atss_head import RankBasedATSSHead
-from brs_detr.datasets.num_classes import load_config
 from mmdet.registry import MODELS, TASK_UTILS
 from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import bbox_overlaps
@@ -534,7 +533,7 @@ def test_rank_based_configs_exist():
 
 @pytest.mark.parametrize('path', RANK_BASED_CONFIGS, ids=osp.basename)
 def test_rank_based_config_builds(path):
-    cfg = load_config(path)
+    cfg = Config.fromfile(path)
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     name = osp.basename(path)

@@ -12,11 +12,10 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from mmengine.config import ConfigDict
+from mmengine.config import Config, ConfigDict
 from mmengine.structures import InstanceData
 
 from brs_detr.models.roi_heads import RankBasedFCNMaskHead, RankBasedStandardRoIHead
-from brs_detr.datasets.num_classes import load_config
 from mmdet.registry import MODELS
 from mmdet.structures.mask import BitmapMasks
 from conftest import CONFIGS_DIR, TOOLS_DIR
@@ -235,7 +234,7 @@ def test_mask_rcnn_configs_exist():
 
 @pytest.mark.parametrize('path', MASK_CONFIGS, ids=osp.basename)
 def test_mask_rcnn_config_builds(path):
-    cfg = load_config(path)
+    cfg = Config.fromfile(path)
     cfg.model.backbone.init_cfg = None
     model = MODELS.build(cfg.model)
     expected = 'BucketedRankSortLoss' if osp.basename(path).startswith('brs') else 'RankSortLoss'

@@ -9,10 +9,9 @@ import subprocess
 
 import pytest
 import torch
-from mmengine.config import ConfigDict
+from mmengine.config import Config, ConfigDict
 
 from brs_detr.models.dense_heads import RankBasedPAAHead
-from brs_detr.datasets.num_classes import load_config
 from mmdet.models.dense_heads import PAAHead
 from mmdet.models.losses import FocalLoss, GIoULoss
 from mmdet.registry import MODELS
@@ -172,7 +171,7 @@ def test_paa_configs():
         'ap-paa_r50_fpn_4xb4-12e_coco.py', 'bap-paa_r50_fpn_4xb4-12e_coco.py', 'brs-paa_r50_fpn_4xb4-12e_coco.py',
         'rs-paa_r50_fpn_4xb4-12e_coco.py']
     for path in PAA_CONFIGS:
-        cfg = load_config(path)
+        cfg = Config.fromfile(path)
         cfg.model.backbone.init_cfg = None
         model = MODELS.build(cfg.model)
         head = model.bbox_head

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pickle
+from pathlib import Path
 from typing import List, Tuple
 
 import numpy as np
@@ -177,7 +178,7 @@ def test_thresholds_file_round_trip_and_when_it_is_ignored(tmp_path):
     chosen = choose_score_thresholds(detections, truth, CLASSES)
     path = write_thresholds(chosen, str(checkpoint), config='x.py')
     assert path == str(checkpoint) + '.score_thr.json' == thresholds_path(str(checkpoint))
-    content = json.loads(open(path).read())
+    content = json.loads(Path(path).read_text())
     assert content['score_thr'] == chosen.per_class() and content['config'] == 'x.py'
     stored = thresholds_for_checkpoint(str(checkpoint), CLASSES)
     assert stored.per_class == chosen.per_class() and stored.value == chosen.global_threshold.score_thr
@@ -228,10 +229,10 @@ def test_confusion_matrix_counts_every_object_and_detection_once(tmp_path):
     one = {1: ImageDetections(np.array([a]), np.array([0.9]), np.array([0]))}
     assert confusion_matrix(one, both, CLASSES, ScoreThreshold(0.3))[0, 0] == 1
     paths = write_confusion_matrix(matrix, CLASSES, str(tmp_path), ScoreThreshold(0.3), 0.5)
-    stored = json.loads(open(paths['json']).read())
+    stored = json.loads(Path(paths['json']).read_text())
     assert stored['names'] == list(CLASSES) + [BACKGROUND] and stored['matrix'] == expected.tolist()
-    assert open(paths['csv']).read().splitlines()[1] == 'a,1,0,0,1'
-    assert open(paths['png'], 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+    assert Path(paths['csv']).read_text().splitlines()[1] == 'a,1,0,0,1'
+    assert Path(paths['png']).read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 # ----------------------------------------------------------------------------- results pickles

@@ -13,12 +13,12 @@ import textwrap
 
 import pytest
 import torch
+from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 import timm  # installed by tools/install.sh (requirements.txt)
 
 import brs_detr  # noqa: F401  (registers the models)
-from brs_detr.datasets.num_classes import load_config
 from brs_detr.models.backbones import TimmBackbone, timm_feature_info, timm_weights_url
 from brs_detr.fileio import UntrustedCheckpointError
 from mmdet.registry import MODELS
@@ -70,7 +70,7 @@ def tiny_batch():
 
 
 def test_tiny_brs_detr_trains_through_the_timm_backbone():
-    cfg = load_config(TINY_TIMM_CONFIG)
+    cfg = Config.fromfile(TINY_TIMM_CONFIG)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
     model.init_weights()
@@ -207,7 +207,7 @@ def test_init_cfg_loads_a_local_timm_checkpoint(tmp_path, model_name, out_indice
 def test_detector_init_weights_loads_the_backbone_checkpoint(tmp_path):
     path = str(tmp_path / 'test_convnext.safetensors')
     source = save_random_timm_model('test_convnext', path)
-    cfg = load_config(TINY_TIMM_CONFIG)
+    cfg = Config.fromfile(TINY_TIMM_CONFIG)
     cfg.model.backbone.init_cfg = dict(type='Pretrained', checkpoint=path)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -272,7 +272,7 @@ def test_checkpoints_load_through_brs_detr_safe_loading(tmp_path):
 
 
 def test_missing_checkpoint_of_a_config_says_where_the_weights_are(tmp_path):
-    cfg = load_config(ATSS_CONVNEXT_CONFIG)
+    cfg = Config.fromfile(ATSS_CONVNEXT_CONFIG)
     cfg.model.backbone.init_cfg.checkpoint = str(tmp_path / osp.basename(cfg.model.backbone.init_cfg.checkpoint))
     backbone = MODELS.build(cfg.model.backbone)
     url = 'https://huggingface.co/timm/convnext_tiny.fb_in1k/resolve/main/model.safetensors'
@@ -299,7 +299,7 @@ def test_hub_weights_without_network_give_a_clear_error(tmp_path):
 
 @pytest.mark.parametrize('config', [BRS_DETR_CONVNEXT_CONFIG, ATSS_CONVNEXT_CONFIG, TINY_TIMM_CONFIG])
 def test_timm_configs_build_with_matching_neck_channels(config):
-    cfg = load_config(config)
+    cfg = Config.fromfile(config)
     assert cfg.model.backbone.type == 'TimmBackbone'
     if 'toy' not in config:
         assert cfg.model.backbone.init_cfg.type == 'Pretrained'
@@ -329,11 +329,11 @@ BLOCK_TIMM = """
 def test_brs_detr_imports_and_builds_without_timm():
     result = run_python(prelude=BLOCK_TIMM, code="""
         import brs_detr
-        from brs_detr.datasets.num_classes import load_config
+        from mmengine.config import Config
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
         register_all_modules()
-        cfg = load_config('configs/brs_detr/brs-detr_r18-tiny_1xb2-1e_toy-coco.py')
+        cfg = Config.fromfile('configs/brs_detr/brs-detr_r18-tiny_1xb2-1e_toy-coco.py')
         MODELS.build(cfg.model)
         assert 'timm' not in sys.modules
         try:
@@ -350,12 +350,12 @@ def test_swin_and_resnet_configs_never_import_timm():
     result = run_python(f"""
         import sys
         import brs_detr
-        from brs_detr.datasets.num_classes import load_config
+        from mmengine.config import Config
         from mmdet.registry import MODELS
         from mmdet.utils import register_all_modules
         register_all_modules()
         for path in {NON_TIMM_CONFIGS!r}:
-            cfg = load_config(path)
+            cfg = Config.fromfile(path)
             cfg.model.backbone.init_cfg = None
             MODELS.build(cfg.model)
         print('timm imported:', 'timm' in sys.modules)

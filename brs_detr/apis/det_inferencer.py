@@ -24,7 +24,7 @@ from mmdet.registry import DATASETS
 from mmdet.structures import DetDataSample
 
 from brs_detr.analysis.score_threshold import ScoreThreshold, resolve_score_threshold
-from brs_detr.datasets.num_classes import resolve_num_classes
+from brs_detr.datasets.num_classes import read_config, resolve_num_classes
 from brs_detr.fileio.atomic_io import atomic_write_text
 from .drawing import visualizer_config, write_png
 from .image_inputs import ImageInputError, collect_images, output_names
@@ -139,7 +139,7 @@ class BRSDetInferencer(DetInferencer):
         if cfg_options and model is None:
             raise ValueError('cfg_options need a config (model)')
         if model is not None:
-            model = Config.fromfile(model) if isinstance(model, str) else Config(dict(model))
+            model = read_config(model) if isinstance(model, str) else Config(dict(model))
             if cfg_options:
                 model.merge_from_dict(check_cfg_options(model, cfg_options))
             resolve_num_classes(model)  # every head gets the datasets' class count (one place for the classes)

@@ -17,7 +17,7 @@ from mmengine.logging import print_log
 from mmengine.runner import Runner
 
 from brs_detr.datasets.data_check import check_datasets, name_images_in_load_errors
-from brs_detr.datasets.num_classes import check_model_num_classes, dataset_classes, resolve_num_classes
+from brs_detr.datasets.num_classes import check_model_num_classes, dataset_classes, read_config, resolve_num_classes
 from brs_detr.engine.runner import ReliableRunner
 from .cli import (ToolInputError, add_launch_arguments, check_checkpoint_file, check_config_file,  # noqa: F401
                   error_message, fail, is_main_launch_process, parse_tool_args, run_tool_main, tool_name)
@@ -105,7 +105,7 @@ def load_config(config_path: str, cfg_options: Optional[dict], launcher: str) ->
     give every head the datasets' class count (:func:`brs_detr.datasets.num_classes.resolve_num_classes`, which
     refuses a head with another number)."""
     check_config_file(config_path)
-    cfg = Config.fromfile(config_path)
+    cfg = read_config(config_path)  # num_classes='from_dataset' resolved after --cfg-options
     cfg.launcher = launcher
     if cfg_options is not None:
         cfg.merge_from_dict(check_cfg_options(cfg, cfg_options))

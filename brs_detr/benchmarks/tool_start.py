@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence, Set, Tuple
 #: Packages whose import costs seconds (torch alone about 1.5 s, mmdet's models about 4 s on a 2-core CPU).
 HEAVY_PACKAGES = ('torch', 'mmcv', 'mmdet')
 #: Folders of the tools, relative to the repository root.
-TOOL_FOLDERS = ('tools', 'tools/analysis_tools', 'tools/deployment', 'demo')
+TOOL_FOLDERS = ('tools', 'tools/analysis_tools', 'tools/dataset_converters', 'tools/deployment', 'demo')
 #: Commands besides ``--help`` that must start fast.
 EXTRA_COMMANDS = (('tools/download_checkpoint.py', '--list'), )
 #: Prefix of the lines ``python -X importtime`` writes to stderr.

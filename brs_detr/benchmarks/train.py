@@ -84,20 +84,19 @@ def build_training(config: str, cfg_options: Optional[dict], device: torch.devic
         tuple: ``(cfg, model, optim_wrapper)``.
     """
     import torch
-    from mmengine.config import Config
     from mmengine.logging import MMLogger
     from mmengine.optim import build_optim_wrapper
     from mmengine.registry import init_default_scope
 
     import brs_detr.models  # noqa: F401  (registers the project's models)
-    from brs_detr.datasets.num_classes import resolve_num_classes
+    from brs_detr.datasets.num_classes import read_config, resolve_num_classes
     from mmdet.registry import MODELS
 
     init_default_scope('mmdet')
     # the per-parameter initialization report is not wanted here
     logging.getLogger('mmengine').setLevel(logging.WARNING)
     MMLogger.get_current_instance().setLevel(logging.WARNING)
-    cfg = Config.fromfile(config)
+    cfg = read_config(config)  # num_classes='from_dataset' resolved after cfg_options
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     resolve_num_classes(cfg)

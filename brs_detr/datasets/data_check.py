@@ -10,10 +10,10 @@ from mmengine.config import Config
 from mmengine.logging import print_log
 
 from mmdet.datasets import CocoDataset
-from mmdet.registry import DATASETS
 
 from .coco_check import (CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, format_class_counts,
                          load_annotation_json)
+from .num_classes import dataset_class
 
 #: Config key of the :class:`~brs_detr.datasets.coco_check.DataCheckPolicy` fields.
 DATA_CHECK_KEY = 'data_check'
@@ -35,26 +35,6 @@ def _walk(dataset_cfg: dict) -> Iterator[dict]:
     yield dataset_cfg
     for child in _children(dataset_cfg):
         yield from _walk(child)
-
-
-def dataset_leaves(dataset_cfg: dict, key: str) -> Iterator[Tuple[str, dict]]:
-    """``(config key, dataset config)`` of every dataset in a (possibly wrapped) dataset config that wraps none,
-    e.g. ``('train_dataloader.dataset.dataset', {...})`` for a ``RepeatDataset``."""
-    if isinstance(dataset_cfg.get('datasets'), (list, tuple)):
-        for index, child in enumerate(dataset_cfg['datasets']):
-            yield from dataset_leaves(child, f'{key}.datasets[{index}]')
-    elif isinstance(dataset_cfg.get('dataset'), dict):
-        yield from dataset_leaves(dataset_cfg['dataset'], f'{key}.dataset')
-    else:
-        yield key, dataset_cfg
-
-
-def dataset_class(dataset_cfg: dict):
-    """The dataset class a dataset config builds (its ``type`` looked up in mmdet's registry), or ``None``."""
-    dataset_type = dataset_cfg.get('type')
-    if isinstance(dataset_type, type):
-        return dataset_type
-    return DATASETS.get(dataset_type) if isinstance(dataset_type, str) else None
 
 
 def _reads_coco_json(dataset_class) -> bool:

@@ -19,16 +19,24 @@ dataset: a mismatch is a :class:`NumClassesError` naming the config key
 :func:`check_model_num_classes` does the same for a built model (a head that leaves ``num_classes`` at its class's
 default is only visible there). Class-agnostic heads (the RPN) and backbones are left out, as in mmdet's
 ``NumClassCheckHook``.
+
+Code that loads a config with mmengine itself (mmdet's tools, ``Config.fromfile`` + ``MODELS.build``) gets the same:
+once brs_detr is imported (``custom_imports=dict(imports=['brs_detr'])`` does it inside ``Config.fromfile``), every
+config read from a file is resolved as it is created (:func:`resolve_on_load`, installed by
+:mod:`brs_detr.registration`). brs-detr's own tools read the file with the markers kept (:func:`read_config`), merge
+``--cfg-options`` (which may change the classes) and resolve then. With the classes in ``metainfo`` this imports
+neither torch nor mmdet; only a dataset without ``metainfo`` needs its class from mmdet's registry.
 """
 from __future__ import annotations
 
+import contextlib
 import os.path as osp
+import threading
 from typing import Any, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from mmengine.config import Config
 
 from .coco_check import DataCheckError
-from .data_check import dataset_class, dataset_leaves
 
 #: Value of ``num_classes`` that :func:`resolve_num_classes` replaces by the dataset's number of classes.
 FROM_DATASET = 'from_dataset'
@@ -42,6 +50,28 @@ CLASS_FREE_PARTS = ('backbone', 'neck', 'data_preprocessor')
 
 class NumClassesError(DataCheckError):
     """A head's ``num_classes`` disagrees with the dataset's classes, or the classes cannot be told."""
+
+
+def dataset_leaves(dataset_cfg: dict, key: str) -> Iterator[Tuple[str, dict]]:
+    """``(config key, dataset config)`` of every dataset in a (possibly wrapped) dataset config that wraps none,
+    e.g. ``('train_dataloader.dataset.dataset', {...})`` for a ``RepeatDataset``."""
+    if isinstance(dataset_cfg.get('datasets'), (list, tuple)):
+        for index, child in enumerate(dataset_cfg['datasets']):
+            yield from dataset_leaves(child, f'{key}.datasets[{index}]')
+    elif isinstance(dataset_cfg.get('dataset'), dict):
+        yield from dataset_leaves(dataset_cfg['dataset'], f'{key}.dataset')
+    else:
+        yield key, dataset_cfg
+
+
+def dataset_class(dataset_cfg: dict):
+    """The dataset class a dataset config builds (its ``type`` looked up in mmdet's registry), or ``None``."""
+    from mmdet.registry import DATASETS
+
+    dataset_type = dataset_cfg.get('type')
+    if isinstance(dataset_type, type):
+        return dataset_type
+    return DATASETS.get(dataset_type) if isinstance(dataset_type, str) else None
 
 
 class DatasetClasses(NamedTuple):
@@ -142,11 +172,12 @@ def _is_class_agnostic(head_cfg: dict) -> bool:
     return isinstance(head_type, type) and issubclass(head_type, heads_of_other_labels())
 
 
-def resolve_num_classes(cfg: Config) -> Optional[int]:
+def resolve_num_classes(cfg: Config, require_dataset: bool = True) -> Optional[int]:
     """Replace every ``num_classes='from_dataset'`` of ``cfg`` by the datasets' class count; check the others.
 
     Args:
         cfg: The loaded config (``--cfg-options`` already merged), changed in place.
+        require_dataset: Whether a ``'from_dataset'`` in a config without dataset is an error (else it stays).
 
     Returns:
         The number of classes of the config's datasets, or ``None`` when it has no dataset (then nothing is
@@ -161,7 +192,7 @@ def resolve_num_classes(cfg: Config) -> Optional[int]:
     if found is None:
         unresolved = [key.lstrip('.') for key, node in _num_classes_entries(cfg._cfg_dict, '')
                       if node[NUM_CLASSES_KEY] == FROM_DATASET]
-        if unresolved:
+        if unresolved and require_dataset:
             raise NumClassesError(f'{unresolved[0]}={FROM_DATASET!r} but the config {_config_name(cfg)} has no '
                                   f'dataset (train/val/test_dataloader.dataset) to take the classes from')
         return None
@@ -236,14 +267,48 @@ def _config_name(cfg: Config) -> str:
     return osp.basename(cfg.filename) if cfg.filename else '(in memory)'
 
 
+_loading = threading.local()
+
+
+@contextlib.contextmanager
+def markers_kept() -> Iterator[None]:
+    """Within this block, configs read from files keep their ``'from_dataset'`` (:func:`resolve_on_load` waits)."""
+    previous = getattr(_loading, 'keep_markers', False)
+    _loading.keep_markers = True
+    try:
+        yield
+    finally:
+        _loading.keep_markers = previous
+
+
+def read_config(path: str) -> Config:
+    """``Config.fromfile(path)`` with the ``'from_dataset'`` markers kept: for code that changes the config
+    (``--cfg-options``) before :func:`resolve_num_classes`."""
+    with markers_kept():
+        return Config.fromfile(path)
+
+
 def load_config(path: str) -> Config:
     """``Config.fromfile(path)`` with :func:`resolve_num_classes` applied: how brs-detr loads every config."""
-    cfg = Config.fromfile(path)
+    cfg = read_config(path)
     resolve_num_classes(cfg)
     return cfg
 
 
+def has_markers(cfg: Config) -> bool:
+    """Whether any ``num_classes`` of ``cfg`` is ``'from_dataset'``."""
+    return any(node[NUM_CLASSES_KEY] == FROM_DATASET for _, node in _num_classes_entries(cfg._cfg_dict, ''))
+
+
+def resolve_on_load(cfg: Config) -> None:
+    """What a config read from a file goes through once brs_detr is imported (unless in :func:`markers_kept`):
+    :func:`resolve_num_classes`, a config without dataset keeping its markers."""
+    if not getattr(_loading, 'keep_markers', False) and has_markers(cfg):
+        resolve_num_classes(cfg, require_dataset=False)
+
+
 __all__ = [
     'FROM_DATASET', 'NumClassesError', 'DatasetClasses', 'dataset_classes', 'resolve_num_classes',
-    'check_config_num_classes', 'check_model_num_classes', 'heads_of_other_labels', 'load_config'
+    'check_config_num_classes', 'check_model_num_classes', 'heads_of_other_labels', 'load_config', 'read_config',
+    'markers_kept', 'resolve_on_load', 'dataset_leaves', 'dataset_class'
 ]

@@ -23,6 +23,8 @@ from typing import Optional, Sequence
 
 from mmengine.config import DictAction
 
+from brs_detr.apis.cli import run_tool_main
+
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description='Choose per-class score thresholds on the validation set')
@@ -45,11 +47,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv)  # before the heavy imports: --help and bad arguments answer at once
     from brs_detr.apis.score_thresholds import choose_thresholds
     choose_thresholds(args)
 
 
 if __name__ == '__main__':
-    from brs_detr.apis.launch import run_tool_main
     run_tool_main(main)

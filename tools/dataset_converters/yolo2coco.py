@@ -39,4 +39,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
+    from brs_detr.known_warnings import ignore_known_warnings
+    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
     sys.exit(main())
