@@ -143,11 +143,12 @@ def build_runner(cfg: Config):
 def check_runner_num_classes(runner, cfg: Config) -> None:
     """Every head of the built model predicts the datasets' classes (a head that leaves ``num_classes`` at its
     class's default escapes the config check; :func:`~brs_detr.datasets.num_classes.check_model_num_classes`)."""
-    from mmengine.model import is_model_wrapper
+    from mmengine.model import BaseTTAModel, is_model_wrapper
 
     found = dataset_classes(cfg)
     if found is not None:
-        check_model_num_classes(runner.model.module if is_model_wrapper(runner.model) else runner.model,
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        check_model_num_classes(model.module if isinstance(model, BaseTTAModel) else model,  # --tta: its detector
                                 len(found.classes))
 
 
