@@ -5,10 +5,10 @@ under a ``_base_`` folder (model, dataset or schedule parts, not complete config
 
 0. with other classes in every dataset's ``metainfo``, every head of the model follows them (``num_classes``);
 1. ``read_config`` (``Config.fromfile`` with its ``custom_imports``, ``num_classes='from_dataset'`` kept) and every
-   head's ``num_classes`` resolved from the datasets (``resolve_num_classes``, as the tools load configs), ``MODELS.build`` and ``init_weights`` of the model (as the
-   runner initialises it), with every ``Pretrained`` ``init_cfg`` dropped and ``load_from`` ignored (no weights
-   can be downloaded here) and the RPN's training proposals capped at :data:`TEST_PROPOSALS_PER_IMAGE` per image
-   (the images are tiny);
+   head's ``num_classes`` resolved from the datasets (``resolve_num_classes``, as the tools load configs),
+   ``MODELS.build`` and ``init_weights`` of the model (as the runner initialises it), with every ``Pretrained``
+   ``init_cfg`` dropped and ``load_from`` ignored (no weights can be downloaded here) and the RPN's training
+   proposals capped at :data:`TEST_PROPOSALS_PER_IMAGE` per image (the images are tiny);
 2. one training step on a tiny synthetic batch (two images of :data:`IMAGE_SHAPES`, boxes, and masks where the
    model has a mask head): ``model.train_step`` = data preprocessor, forward, loss, backward and a step of the
    optimizer built from the config's own ``optim_wrapper`` (its param-wise settings included). The losses must be
