@@ -77,6 +77,24 @@ def load_tool_module(name: str) -> ModuleType:
     return module
 
 
+@pytest.fixture(autouse=True)
+def mmdet_default_scope() -> Iterator[None]:
+    """Run every test in mmdet's default registry scope and drop the scopes it creates afterwards.
+
+    mmengine keeps the most recently created ``DefaultScope`` as the current one for the whole process: a Runner built
+    by one test (``default_scope='mmengine'`` when its config names none) would otherwise make the registries of the
+    next test in the same pytest-xdist worker look up ``HungarianAssigner`` in mmengine's root registry, so tests
+    passed or failed by the order the workers happened to run the files in. Tests that never imported mmengine keep
+    it unimported (the tool-start tests measure imports).
+    """
+    if 'mmengine.registry' not in sys.modules:
+        yield
+        return
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
+
+
 @pytest.fixture(scope='session')
 def repo_root() -> Path:
     return REPO_ROOT
