@@ -58,6 +58,7 @@ def register_all_modules(init_default_scope: bool = False) -> None:
     with _lock:
         _registering = True
         try:
+            import brs_detr.datasets.checked_datasets  # noqa: F401  (CheckedCocoDataset, ...)
             import brs_detr.datasets.transforms  # noqa: F401  (CheckedLoadImageFromFile)
             import brs_detr.engine.hooks  # noqa: F401  (CrashSafeCheckpointHook, NonFiniteLossHook)
             import brs_detr.engine.runner  # noqa: F401  (ReliableRunner, ResumableEpochBasedTrainLoop)

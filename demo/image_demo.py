@@ -5,7 +5,7 @@ Usage::
     python demo/image_demo.py IMAGES [IMAGES ...] CONFIG [--weights CHECKPOINT | --onnx MODEL.onnx]
                               [--out-dir outputs] [--pred-score-thr T] [--device auto] [--batch-size 1]
                               [--palette none] [--no-save-vis] [--no-save-pred] [--print-result] [--show]
-                              [--cfg-options K=V ...]
+                              [--cfg-options K=V ...] [--debug]
 
 IMAGES are image files, folders (their images) or quoted glob patterns (``'data/**/*.jpg'``). For every image it
 writes ``OUT_DIR/vis/<stem>.png`` (the detections with a score above the threshold: boxes, masks for instance
@@ -22,9 +22,8 @@ import argparse
 import os.path as osp
 from typing import Optional, Sequence
 
-from mmengine.config import DictAction
-
-from brs_detr.apis.cli import check_checkpoint_file, check_config_file, has_display, run_tool_main
+from brs_detr.apis.cli import (add_cfg_options_argument, add_debug_argument, check_checkpoint_file, has_display,
+                               run_tool_main)
 
 PALETTES = ('coco', 'voc', 'citys', 'random', 'none')
 
@@ -53,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--print-result', action='store_true', help='print the predictions')
     parser.add_argument('--palette', default='none', choices=PALETTES,
                         help="box/mask colours: 'none' = the config's (else the checkpoint's) palette")
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, e.g. model.test_cfg.max_per_img=10 (the key must exist in the '
-                        'config; write +key=value to add a new one)')
+    add_cfg_options_argument(parser, 'override config keys, e.g. model.test_cfg.max_per_img=10 (the key must exist in '
+                             'the config and the value keep its type; write +key=value to add a new one)')
+    add_debug_argument(parser)
     return parser
 
 
@@ -66,7 +65,6 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
         parser.error(f'--pred-score-thr must be between 0 and 1, got {args.pred_score_thr}')
     if args.batch_size < 1:
         parser.error(f'--batch-size must be at least 1, got {args.batch_size}')
-    check_config_file(args.config)
     if args.weights is not None and args.onnx is not None:
         parser.error('--weights and --onnx exclude each other: an exported model carries its weights')
     if args.weights is not None:
@@ -76,6 +74,13 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.show and not has_display():
         parser.error('--show needs a display (DISPLAY/WAYLAND_DISPLAY is not set); the drawn images are saved '
                      f'under {osp.join(args.out_dir, "vis")} without it')
+    save_vis, save_pred = not args.no_save_vis, not args.no_save_pred
+    from brs_detr.apis.config_loading import read_config
+    from brs_detr.fileio.output_paths import check_output_dir
+
+    cfg = read_config(args.config, args.cfg_options)  # before the heavy imports: a bad config fails at once
+    if save_vis or save_pred:
+        check_output_dir(args.out_dir, '--out-dir')
 
     from brs_detr.apis.det_inferencer import BRSDetInferencer
     from brs_detr.apis.image_inputs import collect_images
@@ -84,12 +89,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     if args.onnx is not None:
         from brs_detr.deployment.onnx_inferencer import ONNXDetInferencer
         device = None if args.device == 'auto' else args.device
-        inferencer = ONNXDetInferencer(model=args.config, onnx_file=args.onnx, device=device, palette=args.palette,
-                                       cfg_options=args.cfg_options)
+        inferencer = ONNXDetInferencer(model=cfg, onnx_file=args.onnx, device=device, palette=args.palette)
     else:
-        inferencer = BRSDetInferencer(model=args.config, weights=args.weights, device=args.device,
-                                      palette=args.palette, cfg_options=args.cfg_options)
-    save_vis, save_pred = not args.no_save_vis, not args.no_save_pred
+        inferencer = BRSDetInferencer(model=cfg, weights=args.weights, device=args.device, palette=args.palette)
     score_thr = inferencer.score_threshold(args.pred_score_thr)
     if save_vis or args.show:
         print(f'drawing with {score_thr.describe(inferencer.model.dataset_meta["classes"])}')

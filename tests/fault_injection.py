@@ -6,12 +6,16 @@
 * kill the run with SIGKILL in the middle of writing a file whose name contains ``kill_in_write_of`` (its
   ``kill_on_write``-th write, default the first), after half of its bytes reached the disk (the file is written through ``brs_detr.fileio.atomic_io``, like every checkpoint and
   ``last_checkpoint``). ``kill_group=True`` kills the whole job (the torchrun launcher and every rank) at once, as a
-  node failure or a scheduler's preemption does.
+  node failure or a scheduler's preemption does;
+* press Ctrl-C: send SIGINT to the process after iteration ``sigint_after``;
+* fill the disk: the write of a file whose name contains ``disk_full_in_write_of`` fails with ``ENOSPC`` after half of
+  its bytes (its temporary file is removed, as a real failed write leaves it).
 
 This module is test code: it patches brs-detr functions, which the package itself never does.
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import sys
@@ -57,22 +61,46 @@ class FaultInjectionHook(Hook):
         kill_in_write_of: Kill while writing a file whose name contains this text.
         kill_on_write: Which write of such a file is killed (1: the first).
         kill_group: Kill the whole job (launcher and all ranks) instead of this process only.
+        sigint_after: Send SIGINT (Ctrl-C) to this process after this iteration.
+        disk_full_in_write_of: Fail the writes of files whose name contains this text with ENOSPC.
     """
 
     priority = 'HIGHEST'
 
     def __init__(self, nan_at: Optional[Dict[int, str]] = None, nan_ranks: Optional[Sequence[int]] = None,
-                 kill_in_write_of: Optional[str] = None, kill_on_write: int = 1, kill_group: bool = False) -> None:
+                 kill_in_write_of: Optional[str] = None, kill_on_write: int = 1, kill_group: bool = False,
+                 sigint_after: Optional[int] = None, disk_full_in_write_of: Optional[str] = None) -> None:
         self.nan_at = {int(k): v for k, v in (nan_at or {}).items()}
         self.nan_ranks = None if nan_ranks is None else set(nan_ranks)
         self.kill_in_write_of = kill_in_write_of
         self.kill_on_write = kill_on_write
         self.kill_group = kill_group
+        self.sigint_after = sigint_after
+        self.disk_full_in_write_of = disk_full_in_write_of
         self._iteration = 0
 
     def before_run(self, runner) -> None:
         if self.kill_in_write_of is not None:
             self._patch_writes()
+        if self.disk_full_in_write_of is not None:
+            self._patch_writes_to_fail()
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.sigint_after is not None and runner.iter + 1 == self.sigint_after:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    def _patch_writes_to_fail(self) -> None:
+        write_bytes = atomic_io.atomic_write_bytes
+        target = self.disk_full_in_write_of
+
+        def half_then_disk_full(data, path) -> None:
+            if target not in os.path.basename(str(path)):
+                return write_bytes(data, path)
+            with atomic_io.atomic_open(path, 'wb') as file:
+                file.write(memoryview(data)[:len(data) // 2])
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        atomic_io.atomic_write_bytes = half_then_disk_full
 
     def before_train(self, runner) -> None:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model

@@ -22,6 +22,7 @@ from brs_detr.apis.launch import ToolInputError, check_cfg_options, error_messag
 from brs_detr.datasets import ImageLoadError
 from brs_detr.datasets import DataCheckError
 from brs_detr.engine import CheckpointFitError, ReliableRunner, find_resumable_checkpoint
+from brs_detr.engine.work_dir import LOCK_FILE
 from brs_detr.fileio.checkpoint import CheckpointReadError, UntrustedCheckpointError
 from conftest import load_tool_module
 from reliability_utils import TOY_CONFIG, run, train_command
@@ -209,7 +210,7 @@ def test_corrupt_image_stops_training_naming_it_and_keeps_the_work_dir(toy_coco_
     image.write_bytes(image.read_bytes()[:200])
     work_dir = tmp_path / 'wd'
     work_dir.mkdir()
-    (work_dir / 'epoch_1.pth').write_bytes(b'an earlier run\'s checkpoint')
+    (work_dir / 'notes.txt').write_bytes(b'a file of the user\'s')  # (checkpoints would need --resume)
     before = file_digests(work_dir)
     options = ['train_cfg.max_epochs=1', f'train_dataloader.num_workers={num_workers}',
                f'train_dataloader.persistent_workers={num_workers > 0}']
@@ -256,11 +257,12 @@ def test_error_message_of_a_dataloader_worker_is_the_workers_own(error):
 
 
 def test_data_check_runs_before_the_runner(tmp_path, monkeypatch):
-    """Without data/toy_coco under the working directory: refused before any work_dir file is written."""
+    """Without data/toy_coco under the working directory: refused before any work_dir file is written (the work_dir
+    holds only the run's lock, taken first)."""
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataCheckError, match='annotation file not found: data/toy_coco/annotations/instances_train'):
         train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd')])
-    assert not (tmp_path / 'wd').exists()
+    assert [p.name for p in (tmp_path / 'wd').iterdir()] == [LOCK_FILE]
 
 
 @pytest.mark.parametrize('policy, resuming', [('weights', False), ('fine-tune', False), ('fine-tune', True)])

@@ -43,7 +43,7 @@ def test_nan_loss_stops_before_the_update(toy_coco_root, tmp_path, tool_env, pyt
     assert message in output and 'Traceback' not in output
     assert 'Epoch(train) [2][2/4]' not in output  # the bad iteration is not logged as trained
     assert sorted(p.name for p in work_dir.glob('*.pth')) == ['epoch_1.pth']
-    assert (work_dir / 'last_checkpoint').read_text().strip() == str(work_dir / 'epoch_1.pth')
+    assert (work_dir / 'last_checkpoint').read_text().strip() == 'epoch_1.pth'
     assert_finite_checkpoint(work_dir / 'epoch_1.pth')
     log_file = next(work_dir.glob('*/*.log'))
     assert re.search(r'ERROR - .*Non-finite loss at iteration 6', log_file.read_text())  # in the run's log file too

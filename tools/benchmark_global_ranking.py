@@ -21,9 +21,9 @@ Example (the numbers in the docs)::
 import argparse
 from typing import List, Optional
 
+from brs_detr.apis.cli import add_debug_argument, run_tool_main
 from brs_detr.benchmarks.global_ranking import DEFAULT_LOSSES, REGIMES
 from brs_detr.benchmarks.loss_grid import LOSSES
-from brs_detr.known_warnings import ignore_known_warnings
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -45,6 +45,7 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     parser.add_argument('--num-gts', type=int, default=3, help='ground-truth boxes per image')
     parser.add_argument('--iters', type=int, default=3, help='timed iterations per config')
     parser.add_argument('--warmup', type=int, default=1, help='untimed calls / iterations first')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.processes < 2:
         parser.error('--processes must be at least 2 (one process has nothing to gather)')
@@ -57,10 +58,13 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
+    from brs_detr.apis.config_loading import check_config_components, read_config
+
+    for config in args.configs:  # a bad config fails before any process starts
+        check_config_components(read_config(config))
     from brs_detr.benchmarks.global_ranking import run  # after parsing: --help and bad arguments answer at once
     run(args)
 
 
 if __name__ == '__main__':
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    main()
+    run_tool_main(main)

@@ -49,12 +49,12 @@ Examples::
     python tools/benchmark_loss.py --device cuda --losses focal brs rs_exact bap ap_exact
 """
 import argparse
-import os
 import sys
 from typing import Optional, Sequence
 
+from brs_detr.apis.cli import add_debug_argument, run_tool_main
 from brs_detr.benchmarks.loss import DEFAULT_RATIOS, DEFAULT_SIZES, LOSSES, METRIC_TEXT, REGIMES, run_benchmark
-from brs_detr.known_warnings import ignore_known_warnings
+from brs_detr.fileio.output_paths import OutputPathError, check_output_file
 
 
 def _positive_int(text: str) -> int:
@@ -117,6 +117,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--out-md', default=None, help='write the Markdown tables here')
     parser.add_argument('--out-png', default=None, help='write the plot here (PNG)')
     parser.add_argument('--out-json', default=None, help='write the raw measurements here')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.pairwise_max_seconds is None:
@@ -126,9 +127,12 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     args.losses = [k for k in LOSSES if k in args.losses]
     if args.device != 'cpu' and not args.device.startswith('cuda'):
         parser.error(f"--device must be 'cpu' or 'cuda[:index]', got {args.device!r}")
-    for path in (args.out_md, args.out_png, args.out_json):
-        if path and os.path.isdir(path):
-            parser.error(f'output path {path} is a directory; give a file name')
+    for option, path in (('--out-md', args.out_md), ('--out-png', args.out_png), ('--out-json', args.out_json)):
+        if path:
+            try:
+                check_output_file(path, option)  # before the benchmark runs, not after it
+            except OutputPathError as error:
+                parser.error(str(error))
     return args
 
 
@@ -137,5 +141,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    sys.exit(main())
+    run_tool_main(main)

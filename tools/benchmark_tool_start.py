@@ -18,6 +18,7 @@ from typing import Optional, Sequence
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout without install
 
+from brs_detr.apis.cli import add_debug_argument, run_tool_main  # noqa: E402
 from brs_detr.benchmarks.tool_start import format_table, measure, tool_commands  # noqa: E402
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -31,6 +32,7 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--limit', type=float, default=1.5, help='seconds a command may take (median)')
     parser.add_argument('--commands', nargs='+', metavar='COMMAND',
                         help='repository-relative commands, e.g. "tools/train.py --help" (default: every tool)')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error('--runs must be at least 1')
@@ -53,4 +55,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    run_tool_main(main)

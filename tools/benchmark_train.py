@@ -47,10 +47,8 @@ few minutes for all three on a 2-core CPU; pass ``--img-size 800 1333`` for the 
 import argparse
 from typing import List, Optional
 
-from mmengine.config import DictAction
-
+from brs_detr.apis.cli import add_cfg_options_argument, add_debug_argument, run_tool_main
 from brs_detr.benchmarks.train import DEFAULT_IMG_SIZE, DEFAULT_TIME_MODULES
-from brs_detr.known_warnings import ignore_known_warnings
 
 
 def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
@@ -74,7 +72,9 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                         help='wall-clock seconds, or CPU seconds of this process (steadier on a shared machine; '
                         'CPU devices only)')
     parser.add_argument('--threads', type=int, help='torch intra-op threads (default: torch\'s choice)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    add_cfg_options_argument(parser, 'override config settings (applied to every config; each key must exist in '
+                             'each config and keep its type, +key=value adds a new one)')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.iters < 1 or args.warmup < 0 or args.batch < 1:
         parser.error('need --iters >= 1, --warmup >= 0, --batch >= 1')
@@ -91,14 +91,20 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[List[str]] = None) -> None:
     args = parse_args(argv)
+    from brs_detr.apis.config_loading import NEW_KEY_PREFIX, check_config_components, read_config
+
+    configs = [read_config(config, args.cfg_options) for config in args.configs]  # every config before any run
+    args.cfg_options = {key[len(NEW_KEY_PREFIX):] if key.startswith(NEW_KEY_PREFIX) else key: value
+                        for key, value in (args.cfg_options or {}).items()} or None
     import torch  # after parsing: --help and bad arguments answer at once
 
     from brs_detr.benchmarks.train import run_benchmarks
+    for cfg in configs:
+        check_config_components(cfg)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     run_benchmarks(args)
 
 
 if __name__ == '__main__':
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    main()
+    run_tool_main(main)

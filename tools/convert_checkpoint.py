@@ -12,6 +12,9 @@ mismatch is explained and nothing is written). Without it the layout is guessed 
 DST is written atomically as ``{'state_dict': ..., 'meta': {...plain values...}}``: it loads with
 ``weights_only=True`` and works as ``tools/test.py CONFIG DST`` or ``load_from``. Its sha256 is printed.
 ``tools/download_checkpoint.py NAME`` does all of this for model-zoo entries.
+
+Exit status: 0 on success; 1 when SRC cannot be read or converted (or does not fit the config); 2 on bad arguments
+(a bad config, DST that cannot be written or that is SRC itself); 130 when interrupted.
 """
 import argparse
 import os.path as osp
@@ -19,7 +22,8 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout without install
 
-from brs_detr.known_warnings import ignore_known_warnings  # noqa: E402
+from brs_detr.apis.cli import (ToolInputError, add_debug_argument, is_environment_error, run_tool_main,  # noqa: E402
+                               tool_name)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,16 +36,33 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--config', help='convert for this config and check a strict load into its model')
     parser.add_argument('--trust', action='store_true',
                         help='accepted for compatibility; not needed: SRC is never unpickled with code execution')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """DST must not be SRC and must be writable; the config must read (before the checkpoint is read)."""
+    from brs_detr.apis.config_loading import read_config
+    from brs_detr.fileio.output_paths import check_output_file
+
+    if osp.exists(args.src) and osp.exists(args.dst) and osp.samefile(args.src, args.dst):
+        raise ToolInputError(f'DST {args.dst} is SRC: converting in place would replace the published checkpoint; '
+                             'write the result to another file')
+    check_output_file(args.dst, 'DST')
+    if args.config is not None:
+        read_config(args.config)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    check_arguments(args)
     from brs_detr.zoo import CheckpointReadError, ConversionError, convert_checkpoint_file
     try:
         info = convert_checkpoint_file(args.src, args.dst, config=args.config, log=print)
     except (CheckpointReadError, ConversionError, OSError) as error:
-        print(f'error: {error}', file=sys.stderr)
+        if is_environment_error(error):
+            raise  # a full or read-only disk: run_tool_main names the path (exit status 2)
+        print(f'{tool_name()}: error: {error}', file=sys.stderr)
         return 1
     print(f'saved {args.dst}')
     print(f'sha256 {info["sha256"]}')
@@ -49,5 +70,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    sys.exit(main())
+    run_tool_main(main)

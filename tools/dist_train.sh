@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Distributed training on one or more nodes with torchrun (torch.distributed.run).
+# Distributed training on one or more nodes with torchrun (torch.distributed.run, through brs_detr.apis.dist_launch:
+# a failing rank ends the job with its own one-line error and exit status).
 #
 # Usage: bash tools/dist_train.sh CONFIG GPUS [train.py args ...]
 #   GPUS: processes per node (one per GPU; on a machine without CUDA, CPU processes that talk over gloo).
@@ -30,7 +31,7 @@ PYTHON=${PYTHON:-python}
 TOOLS_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
 PYTHONPATH="$TOOLS_DIR/..${PYTHONPATH:+:$PYTHONPATH}" \
-exec "$PYTHON" -m torch.distributed.run \
+exec "$PYTHON" -m brs_detr.apis.dist_launch \
   --nnodes="$NNODES" \
   --node_rank="$NODE_RANK" \
   --master_addr="$MASTER_ADDR" \

@@ -15,8 +15,8 @@ Cityscapes configs start from) go to torch.hub's cache, where the configs' URLs 
 against the sha256 in the index or, where none is published, the sha256 recorded on its first download. See
 docs/checkpoints.md.
 
-Exit status: 0 on success, 1 on a download, checksum, conversion or index error, 2 on bad arguments, 130 when
-interrupted (run the same command again to resume).
+Exit status: 0 on success, 1 on a download, checksum, conversion or index error, 2 on bad arguments (and a --dest
+that cannot be written, checked before any download), 130 when interrupted (run the same command again to resume).
 """
 import argparse
 import os.path as osp
@@ -24,9 +24,10 @@ import sys
 
 sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))  # run from a checkout without install
 
+from brs_detr.apis.cli import add_debug_argument, is_environment_error, run_tool_main, tool_name  # noqa: E402
 from brs_detr.fileio.atomic_io import atomic_write_text  # noqa: E402
+from brs_detr.fileio.output_paths import OutputPathError, check_output_dir  # noqa: E402
 from brs_detr.fileio.trust import manifest_path, record_trusted_file  # noqa: E402
-from brs_detr.known_warnings import ignore_known_warnings  # noqa: E402
 from brs_detr.zoo import known_hashes  # noqa: E402
 from brs_detr.zoo.download import DownloadError  # noqa: E402
 from brs_detr.zoo.index import (DEFAULT_INDEX, ModelZooError, format_table, get_entry, load_index,  # noqa: E402
@@ -65,6 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--timeout', type=float, default=60.0, help='network timeout in seconds')
     parser.add_argument('--trust-file', nargs='+', metavar='PATH', help='record existing local file(s) as trusted '
                         'for full unpickling (you vouch for them)')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     modes = sum([bool(args.list), bool(args.names), bool(args.trust_file), args.update_readme is not None])
     if modes != 1:
@@ -113,13 +115,16 @@ def main(argv=None) -> int:
                 print(f'updated the model-zoo table in {readme}')
             return 0
         entries = [get_entry(name, index) for name in args.names]  # unknown names fail before any download
+        check_output_dir(args.dest, '--dest')  # before any download (exit status 2)
         options = InstallOptions(dest=args.dest, url=args.url, sha256=args.sha256, force=args.force,
                                  convert=not args.no_convert, progress=not args.quiet, retries=args.retries,
                                  retry_wait_s=args.retry_wait, timeout=args.timeout)
         for entry in entries:
             install_entry(entry, options)
     except (ModelZooError, DownloadError, ZooInstallError, OSError, ValueError) as error:
-        print(f'error: {error}', file=sys.stderr)
+        if is_environment_error(error) or isinstance(error, OutputPathError):
+            raise  # an unwritable or full --dest: run_tool_main names the path (exit status 2)
+        print(f'{tool_name()}: error: {error}', file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print('\ninterrupted; run the same command again to resume the download', file=sys.stderr)
@@ -128,5 +133,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    sys.exit(main())
+    run_tool_main(main)

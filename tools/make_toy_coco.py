@@ -10,12 +10,14 @@ Example::
     python tools/make_toy_coco.py data/toy_coco --num-train 200 --num-val 50
 """
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
+from brs_detr.apis.cli import add_debug_argument, run_tool_main
 from brs_detr.datasets.toy_coco import (ANNOTATION_FORMATS, DEFAULT_CLASSES, IMAGE_EXTENSIONS, SHAPE_KINDS,
                                        make_toy_coco)
-from brs_detr.known_warnings import ignore_known_warnings
+from brs_detr.fileio.output_paths import check_output_dir
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -35,15 +37,17 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--annotation-format', choices=ANNOTATION_FORMATS, default='coco',
                         help='annotation layout: coco (default), or voc / yolo (the layouts that '
                         'tools/dataset_converters/voc2coco.py and yolo2coco.py read)')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     try:
+        check_output_dir(os.path.dirname(os.path.abspath(args.out_dir)), f'OUT_DIR {args.out_dir}: its folder')
         out_dir = make_toy_coco(args.out_dir, args.num_train, args.num_val, tuple(args.img_size), args.seed,
                                 args.classes, args.image_format, args.overwrite, args.annotation_format)
-    except (ValueError, FileExistsError, OSError) as e:
+    except (ValueError, FileExistsError, OSError) as e:  # OutputPathError is a ValueError
         print(f'make_toy_coco.py: error: {e}', file=sys.stderr)
         return 2
     print(f'wrote toy {args.annotation_format.upper()} dataset to {out_dir}: {args.num_train} train / '
@@ -52,5 +56,4 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    sys.exit(main())
+    run_tool_main(main)

@@ -3,8 +3,9 @@
 Usage::
 
     python tools/train.py CONFIG [--work-dir DIR] [--amp] [--auto-scale-lr] [--resume [CHECKPOINT]]
-                          [--non-finite-loss {stop,skip}] [--max-consecutive-skips N] [--skip-data-check]
-                          [--cfg-options [+]KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+                          [--overwrite-work-dir] [--non-finite-loss {stop,skip}] [--max-consecutive-skips N]
+                          [--skip-data-check] [--cfg-options [+]KEY=VALUE ...] [--launcher {none,pytorch,slurm,mpi}]
+                          [--debug]
 
 Multi-process training goes through ``tools/dist_train.sh`` (torchrun) or ``tools/slurm_train.sh``.
 The logic lives in :func:`brs_detr.apis.train.train`; docs/tools.md describes the options, docs/reliability.md
@@ -29,6 +30,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--resume', nargs='?', type=str, const='auto', metavar='CHECKPOINT',
                         help='resume from CHECKPOINT; without a value, resume from the latest checkpoint in the '
                         'work_dir')
+    parser.add_argument('--overwrite-work-dir', action='store_true',
+                        help='start a new run in a work_dir that holds the checkpoints of an earlier run: the earlier '
+                        'run is first moved to WORK_DIR.previous-<time> (nothing is deleted); without it, such a '
+                        'start is refused')
     parser.add_argument('--non-finite-loss', choices=['stop', 'skip'],
                         help='what to do when a loss is NaN/Inf: stop before the update (default) or skip the '
                         'iteration (no optimizer step); overrides NonFiniteLossHook in the config')
@@ -38,7 +43,10 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--skip-data-check', action='store_true',
                         help='do not check the annotation files and images before training')
     add_launch_arguments(parser)
-    return parse_tool_args(parser, argv)
+    args = parse_tool_args(parser, argv)
+    if args.resume is not None and args.overwrite_work_dir:
+        parser.error('--resume continues the run in the work_dir, --overwrite-work-dir starts a new one: give one')
+    return args
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:

@@ -16,6 +16,8 @@ from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import BaseBoxes
 from mmdet.visualization import DetLocalVisualizer
 
+from brs_detr.datasets.data_check import use_checked_loading
+from .config_loading import check_config_components
 from .drawing import visualizer_config, write_png
 
 
@@ -61,7 +63,9 @@ def browse_dataset(cfg: Config,
                    progress: bool = True) -> List[str]:
     """Draw each sample of ``cfg.train_dataloader.dataset`` after its pipeline, with its ground truth.
 
-    As mmdet's ``browse_dataset.py`` (boxes, class names, masks where the pipeline loads them), except: every sample
+    As mmdet's ``browse_dataset.py`` (boxes, class names, masks where the pipeline loads them), except: the samples
+    are loaded as ``tools/train.py`` loads them (:func:`~brs_detr.datasets.data_check.use_checked_loading`:
+    the stored pixels, whatever their EXIF orientation; annotations brs-detr drops are not drawn); every sample
     is saved as a lossless ``OUTPUT_DIR/<stem>.png`` (atomically), a repeated image gets ``<stem>_<index>.png`` instead
     of overwriting the first, ``max_samples`` stops early, and no vis backend writes anything else.
 
@@ -77,6 +81,8 @@ def browse_dataset(cfg: Config,
         The written files, in dataset order.
     """
     init_default_scope(cfg.get('default_scope', 'mmdet'))
+    check_config_components(cfg)
+    use_checked_loading(cfg, ('train', ))  # the image loader and dataset of tools/train.py
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     visualizer = build_visualizer(cfg, dataset.metainfo)
     num_samples = len(dataset) if max_samples is None else min(max_samples, len(dataset))

@@ -24,12 +24,12 @@ from mmdet.registry import DATASETS
 from mmdet.structures import DetDataSample
 
 from brs_detr.analysis.score_threshold import ScoreThreshold, resolve_score_threshold
-from brs_detr.datasets.num_classes import read_config, resolve_num_classes
+from brs_detr.datasets.num_classes import resolve_num_classes
 from brs_detr.fileio.atomic_io import atomic_write_text
 from .drawing import visualizer_config, write_png
 from .image_inputs import ImageInputError, collect_images, output_names
 from .runtime import resolve_device
-from .launch import check_cfg_options, check_config_file
+from .config_loading import check_cfg_options, check_config_components, read_config
 from .weights import load_weights_strictly
 
 InputType = Union[str, np.ndarray]
@@ -131,18 +131,20 @@ class BRSDetInferencer(DetInferencer):
                  show_progress: bool = True,
                  cfg_options: Optional[dict] = None) -> None:
         self._weights_source = weights
-        self._config_source = model if isinstance(model, str) else None
+        self._config_source = model if isinstance(model, str) else getattr(model, 'filename', None)
         self._output_names: Dict[str, str] = {}
         self._num_array_inputs = 0
-        if isinstance(model, str):
-            check_config_file(model)
         if cfg_options and model is None:
             raise ValueError('cfg_options need a config (model)')
-        if model is not None:
-            model = read_config(model) if isinstance(model, str) else Config(dict(model))
+        if isinstance(model, str):  # a syntax error, a missing _base_, a bad option: one line naming it
+            model = read_config(model, cfg_options)  # num_classes resolved after the options
+        elif model is not None:
+            model = model if isinstance(model, Config) else Config(dict(model))
             if cfg_options:
                 model.merge_from_dict(check_cfg_options(model, cfg_options))
             resolve_num_classes(model)  # every head gets the datasets' class count (one place for the classes)
+        if isinstance(model, Config):
+            check_config_components(model)  # an unknown type: named before the model is built
         super().__init__(model=model, weights=weights, device=resolve_device(device), scope=scope, palette=palette,
                          show_progress=show_progress)
 

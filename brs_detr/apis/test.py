@@ -10,6 +10,10 @@
 * ``--classwise`` (mmdet's ``CocoMetric(classwise=True)``) and ``--confusion-matrix`` write ``classwise_ap.json`` and
   ``confusion_matrix.{json,csv,png}`` into the run's folder ``work_dir/<timestamp>/``
   (:func:`write_evaluation_files`).
+* ``--out``, ``--show-dir`` and ``--work-dir`` are checked for writing, and the config is read, before the heavy
+  imports, the model and the evaluation (mmdet finds an unwritable ``--out`` only after the whole evaluation).
+* The config dump goes into the run's ``<work_dir>/<timestamp>/`` folder, not over the dump of the training run whose
+  work_dir it shares (:class:`~brs_detr.engine.ReliableTestRunner`).
 * On a machine without CUDA a distributed run uses gloo (see :mod:`brs_detr.apis.train`).
 * ``--tta`` wraps the model in the config's ``tta_model`` and tests with its ``tta_pipeline`` (mmdet's semantics);
   a config without them fails with a message naming the missing key.
@@ -22,10 +26,9 @@ from typing import Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 
-from brs_detr.engine.dist import setup_distributed_without_cuda
-from .cli import has_display
-from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
-                     prepare_datasets, set_work_dir, warn)
+from brs_detr.fileio.output_paths import check_output_dir, check_output_file
+from .cli import ToolInputError, check_checkpoint_file, check_config_file, has_display, is_main_launch_process
+from .config_loading import read_config, set_work_dir
 
 #: File suffixes ``--out`` accepts (mmdet's DumpDetResults writes a pickle).
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
@@ -178,6 +181,27 @@ def write_evaluation_files(runner, cfg: Config, args: argparse.Namespace, metric
                   logger='current')
 
 
+def warn(message: str) -> None:
+    from .launch import warn as warn_once
+    warn_once(message)
+
+
+def check_outputs(args: argparse.Namespace, work_dir: str) -> None:
+    """``--out``, ``--show-dir`` (relative to ``<work_dir>/<timestamp>/``) and the work_dir can be written (rank 0).
+
+    Raises:
+        OutputPathError: Naming the option, the path and the reason.
+    """
+    if not is_main_launch_process():
+        return
+    check_output_dir(work_dir, '--work-dir', create=True)
+    if args.out is not None:
+        check_output_file(args.out, '--out')
+    if args.show_dir:
+        check_output_dir(args.show_dir if osp.isabs(args.show_dir) else osp.join(work_dir, args.show_dir),
+                         '--show-dir')
+
+
 def test(args: argparse.Namespace) -> None:
     """Test as ``tools/test.py`` does with the parsed ``args`` (see ``tools/test.py --help``)."""
     if args.out is not None and not args.out.endswith(PICKLE_SUFFIXES):
@@ -185,10 +209,19 @@ def test(args: argparse.Namespace) -> None:
     check_evaluation_options(args)
     check_config_file(args.config)
     check_checkpoint_file(args.checkpoint)
-
-    cfg = load_config(args.config, args.cfg_options, args.launcher)
+    cfg = read_config(args.config, args.cfg_options)  # light: syntax, _base_, custom_imports, --cfg-options
+    cfg.launcher = args.launcher
     set_work_dir(cfg, args.work_dir, args.config)
+    check_outputs(args, cfg.work_dir)
     cfg.load_from = args.checkpoint
+    _test(cfg, args)
+
+
+def _test(cfg: Config, args: argparse.Namespace) -> None:
+    """The heavy part of :func:`test`."""
+    from brs_detr.engine.dist import setup_distributed_without_cuda
+    from .launch import build_runner, check_config_components, prepare_datasets
+
     if args.classwise:
         enable_classwise(cfg)
 
@@ -201,11 +234,12 @@ def test(args: argparse.Namespace) -> None:
         enable_visualization(cfg, show, args.show_dir, args.wait_time)
     if getattr(args, 'tta', False):
         enable_tta(cfg)
+    check_config_components(cfg)
     prepare_datasets(cfg, TEST_SPLITS, args.skip_data_check)
 
     setup_distributed_without_cuda(cfg)
 
-    runner = build_runner(cfg)
+    runner = build_runner(cfg, for_testing=True)
     runner.checkpoint_fit = 'weights'
     if args.out is not None:
         runner.test_evaluator.metrics.append(atomic_dump_metric(args.out))

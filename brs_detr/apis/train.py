@@ -14,20 +14,27 @@
   ``device_ids``; mmengine itself would call ``torch.cuda.set_device`` and fail.
 * Bad input (missing config or checkpoint, unknown ``--cfg-options`` key, ``--amp`` without an accelerator, broken
   data) fails before the Runner starts, with a message naming the file and the problem.
+* The work_dir belongs to this run while it lasts (:class:`brs_detr.engine.work_dir.WorkDirOwnership`, rank 0): a
+  second run in it is refused naming the first, and a fresh start over an earlier run's checkpoints is refused
+  unless ``--overwrite-work-dir`` (which moves the earlier run aside first). These checks, and those of the config,
+  run before the heavy imports (torch, mmdet): a bad command fails within a second.
 """
 from __future__ import annotations
 
 import argparse
-import os
 import os.path as osp
+from typing import Optional
 
 from mmengine.config import Config
 
-from brs_detr.engine.dist import setup_distributed_without_cuda
-from brs_detr.engine.reliability import guard_non_finite_loss, use_resumable_training
-from brs_detr.fileio.trust import trust_directory
-from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
-                     prepare_datasets, set_work_dir, warn)
+from brs_detr.engine.work_dir import WorkDirOwnership
+from .cli import EXIT_NOTES, ToolInputError, check_checkpoint_file, is_main_launch_process
+from .config_loading import read_config, set_work_dir
+
+
+def warn(message: str) -> None:
+    from .launch import warn as warn_once
+    warn_once(message)
 
 
 def check_amp_device() -> None:
@@ -83,32 +90,54 @@ def validated_splits(cfg: Config) -> list:
 
 def train(args: argparse.Namespace) -> None:
     """Train as ``tools/train.py`` does with the parsed ``args`` (see ``tools/train.py --help``)."""
-    check_config_file(args.config)
+    EXIT_NOTES.pop('interrupted', None)
     if args.resume not in (None, 'auto'):
         check_checkpoint_file(args.resume, 'resume checkpoint')
-    if args.amp:
-        check_amp_device()
-
-    cfg = load_config(args.config, args.cfg_options, args.launcher)
+    cfg = read_config(args.config, args.cfg_options)  # light: syntax, _base_, custom_imports, --cfg-options
+    cfg.launcher = args.launcher
     set_work_dir(cfg, args.work_dir, args.config)
+    if args.resume is None and cfg.get('load_from'):
+        check_checkpoint_file(cfg.load_from, 'load_from checkpoint')
+    owner = WorkDirOwnership(cfg.work_dir) if is_main_launch_process() else None  # rank 0 owns the work_dir
+    if owner is not None:
+        owner.acquire()
+    try:
+        if owner is not None:
+            owner.check_fresh_start(resume=args.resume is not None,
+                                    overwrite=getattr(args, 'overwrite_work_dir', False))
+        _train(cfg, args, owner)
+    finally:
+        if owner is not None:
+            owner.release()
+
+
+def _train(cfg: Config, args: argparse.Namespace, owner: Optional[WorkDirOwnership]) -> None:
+    """The heavy part of :func:`train`, in the work_dir ``owner`` holds (``None`` on ranks other than 0)."""
+    from brs_detr.engine.dist import setup_distributed_without_cuda
+    from brs_detr.engine.reliability import guard_non_finite_loss, use_resumable_training
+    from brs_detr.fileio.trust import trust_directory
+    from .launch import build_runner, check_config_components, prepare_datasets
+
     if args.amp:
         enable_amp(cfg)
     if args.auto_scale_lr:
         enable_auto_scale_lr(cfg, args.config)
     if args.resume is not None:
         set_resume(cfg, args.resume)
-    elif cfg.get('load_from'):
-        check_checkpoint_file(cfg.load_from, 'load_from checkpoint')
     use_resumable_training(cfg)
     guard_non_finite_loss(cfg, args.non_finite_loss, args.max_consecutive_skips)
+    check_config_components(cfg)
     prepare_datasets(cfg, validated_splits(cfg), args.skip_data_check)
 
+    if owner is not None and getattr(args, 'overwrite_work_dir', False):
+        moved = owner.move_previous_run_aside()
+        if moved is not None:
+            warn(f'--overwrite-work-dir: the earlier run in {cfg.work_dir} was moved to {moved}')
     setup_distributed_without_cuda(cfg)
 
     # This run writes its own checkpoints into work_dir and may resume from them. Checkpoints elsewhere are
     # trusted only through their signed manifest entries (brs_detr.fileio.trust) or the user's explicit trust.
-    os.makedirs(cfg.work_dir, exist_ok=True)
     trust_directory(osp.abspath(cfg.work_dir))
-
+    EXIT_NOTES['interrupted'] = f'the checkpoints saved in {cfg.work_dir} are kept; continue with --resume'
     runner = build_runner(cfg)
     runner.train()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import os.path as osp
 from collections import Counter, defaultdict
@@ -20,6 +19,9 @@ from dataclasses import dataclass, field
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
+
+from .annotation_validity import annotation_problem
+from .image_headers import check_image_headers
 
 #: Boxes narrower or lower than this are dropped by mmdet's CocoDataset (``w < 1 or h < 1``).
 MIN_BOX_SIZE = 1.0
@@ -47,12 +49,16 @@ class DataCheckPolicy:
         outside_tolerance: Pixels a box may reach beyond its image before it counts as outside (rounding).
         check_image_files: Check that every image file exists and is not empty (one directory listing per folder
             plus one ``stat`` per image).
+        check_image_sizes: With ``check_image_files``, read every image's header and refuse a file whose stored
+            size differs from the annotation's ``width``/``height`` (and count EXIF orientation tags); the image
+            loader checks each decoded image the same way. ``False`` turns both off.
     """
 
     invalid_boxes: str = 'warn'
     max_invalid_box_fraction: float = 0.01
     outside_tolerance: float = 1.0
     check_image_files: bool = True
+    check_image_sizes: bool = True
 
     def __post_init__(self) -> None:
         if self.invalid_boxes not in BOX_POLICIES:
@@ -75,6 +81,16 @@ class CocoCheckReport:
     #: Objects (annotations that are neither crowd nor ``ignore``) per class of the config, in the config's order.
     objects_per_class: Dict[str, int] = field(default_factory=dict)
     warnings: List[str] = field(default_factory=list)
+    #: ``(annotation id, what is wrong)`` for every malformed annotation (also in ``invalid_boxes``): mmdet cannot
+    #: read it (:func:`~brs_detr.datasets.annotation_validity.annotation_problem`).
+    malformed: List[Tuple[object, str]] = field(default_factory=list)
+    #: Annotations of the config's classes that a model learns from: well-formed, not degenerate, not entirely
+    #: outside their image, not ``iscrowd``/``ignore``.
+    trainable: int = 0
+    #: Annotations of the config's classes marked ``iscrowd`` (mmdet ignores them in training) or ``ignore``.
+    crowd_or_ignored: int = 0
+    #: EXIF orientation value -> number of images carrying it (read from the headers; brs-detr ignores the tag).
+    exif_orientations: Dict[int, int] = field(default_factory=dict)
 
 
 def _listed(items: Sequence[object], limit: int = MAX_LISTED) -> str:
@@ -140,6 +156,7 @@ def _check_categories(ann_file: str, categories: List[dict], classes: Sequence[s
             raise DataCheckError(f'{ann_file}: categories[{position}] needs "id" and "name", got {category!r}')
         names[category['id']] = category['name']
     file_names = [category['name'] for category in categories]
+    _check_unique_class_names(ann_file, categories, classes)
     absent = [name for name in classes if name not in file_names]
     if absent:
         raise DataCheckError(f'{ann_file}: the config\'s classes {absent} are not categories of this file (its '
@@ -154,15 +171,26 @@ def _check_categories(ann_file: str, categories: List[dict], classes: Sequence[s
     return names
 
 
+def _check_unique_class_names(ann_file: str, categories: List[dict], classes: Sequence[str]) -> None:
+    """A trained class name must be one category: mmdet gives every category id of that name a label of its own, so
+    the model would get more labels than it has classes."""
+    ids: Dict[str, List[object]] = defaultdict(list)
+    for category in categories:
+        ids[category['name']].append(category['id'])
+    shared = {name: found for name, found in ids.items() if name in classes and len(found) > 1}
+    if shared:
+        listed = '; '.join(f'{name!r}: ids {", ".join(map(str, found))}' for name, found in shared.items())
+        raise DataCheckError(f'{ann_file}: several categories share a name the config trains ({listed}); mmdet would '
+                             f'number each id as a class of its own, more labels than the model has classes. Merge '
+                             f'them into one category.')
+
+
 def _box_problem(bbox: object, area: object, image: dict, tolerance: float) -> Optional[str]:
-    """What is wrong with a COCO ``[x, y, w, h]`` box, or ``None``."""
-    if (not isinstance(bbox, (list, tuple)) or len(bbox) != 4
-            or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in bbox)):
-        return f'bbox {bbox!r} is not 4 finite numbers'
+    """What is wrong with a well-formed COCO ``[x, y, w, h]`` box (see :func:`annotation_problem`), or ``None``."""
     x, y, w, h = bbox
     if w < MIN_BOX_SIZE or h < MIN_BOX_SIZE:
         return f'size {w}x{h} (width or height under {MIN_BOX_SIZE:g} px)'
-    if not isinstance(area, (int, float)) or area <= 0:
+    if area <= 0:
         return f'area {area}'
     width, height = image['width'], image['height']
     beyond = max(-x, -y, x + w - width, y + h - height)
@@ -171,12 +199,26 @@ def _box_problem(bbox: object, area: object, image: dict, tolerance: float) -> O
     return None
 
 
+def _mmdet_keeps(bbox: Sequence[float], image: dict) -> bool:
+    """Whether mmdet's ``CocoDataset`` keeps a well-formed box (it drops boxes under 1 px and those that do not
+    overlap their image)."""
+    x, y, w, h = bbox
+    inter_w = max(0, min(x + w, image['width']) - max(x, 0))
+    inter_h = max(0, min(y + h, image['height']) - max(y, 0))
+    return inter_w * inter_h > 0 and w >= MIN_BOX_SIZE and h >= MIN_BOX_SIZE
+
+
 def check_coco_file(ann_file: str,
                     img_dir: Optional[str],
                     classes: Sequence[str],
                     policy: Optional[DataCheckPolicy] = None,
                     filter_empty_gt: bool = False,
-                    training: bool = False) -> CocoCheckReport:
+                    training: bool = False,
+                    split: str = 'train',
+                    with_mask: bool = False,
+                    drops_malformed: bool = True,
+                    dataset_type: str = 'CocoDataset',
+                    format_only: bool = False) -> CocoCheckReport:
     """Check an annotation file (and the images under ``img_dir``) for a dataset that trains ``classes``.
 
     Args:
@@ -189,6 +231,13 @@ def check_coco_file(ann_file: str,
             ``filter_cfg.filter_empty_gt=True``): then a file where no image keeps an annotation is refused.
         training: Whether the file is a training set: a class without any object is then warned about as a class
             the model cannot learn (else as a class whose AP cannot be measured).
+        split: ``'train'``: a file without any annotation to learn from is refused; ``'val'``/``'test'``: a file
+            without any annotation to evaluate against, unless ``format_only``.
+        with_mask: The pipeline loads masks: malformed segmentations count as malformed annotations.
+        drops_malformed: The dataset drops malformed annotations
+            (:class:`~brs_detr.datasets.checked_datasets.ValidAnnotationsMixin`); otherwise any is refused.
+        dataset_type: The dataset's class name (for messages).
+        format_only: The split's evaluator only writes predictions (a test set without annotations is fine).
 
     Returns:
         The report; its warnings were logged.
@@ -227,22 +276,68 @@ def check_coco_file(ann_file: str,
             ignored[name] += 1
             continue
         if ann.get('ignore', False):
+            report.crowd_or_ignored += 1
+            continue
+        malformed = annotation_problem(ann, image, with_mask)
+        if malformed is not None:
+            report.malformed.append((ann_id, malformed))
+            report.invalid_boxes.append((ann_id, malformed))
             continue
         objects[name] += not ann.get('iscrowd', False)
-        problem = _box_problem(ann['bbox'], ann.get('area'), image, policy.outside_tolerance)
+        problem = _box_problem(ann['bbox'], ann['area'], image, policy.outside_tolerance)
         if problem is not None:
             report.invalid_boxes.append((ann_id, problem))
         annotated_images.add(ann['image_id'])
+        if ann.get('iscrowd', False):
+            report.crowd_or_ignored += 1
+        elif _mmdet_keeps(ann['bbox'], image) and ann['area'] > 0:
+            report.trainable += 1
     report.ignored_categories = dict(ignored)
     report.objects_per_class = {name: objects[name] for name in classes}
     report.empty_images = len(images) - len(annotated_images)
+    _judge_malformed(report, drops_malformed, dataset_type)
     _judge(report, policy, filter_empty_gt)
     report.warnings += _class_count_warnings(report, training)
+    _judge_nothing_to_learn(report, split, format_only)
     if policy.check_image_files and img_dir is not None:
         check_image_files(ann_file, img_dir, [image['file_name'] for image in images.values()])
+        if policy.check_image_sizes:
+            report.exif_orientations = check_image_sizes(ann_file, img_dir, list(images.values()))
     for warning in report.warnings:
         print_log(warning, logger='current', level=logging.WARNING)
     return report
+
+
+def _judge_nothing_to_learn(report: CocoCheckReport, split: str, format_only: bool) -> None:
+    """Refuse a file without images, a training file without any annotation to learn from (all ``iscrowd``,
+    ``ignore``, malformed or degenerate: mmdet would train on background alone and exit 0), and an evaluation
+    file without any annotation to evaluate against (COCO's mAP is then -1)."""
+    ann_file = report.ann_file
+    if report.num_images == 0:
+        raise DataCheckError(f'{ann_file}: "images" is empty: nothing to {"train on" if split == "train" else "test"}')
+    if report.trainable or (split != 'train' and format_only):
+        return
+    untrained = sum(report.ignored_categories.values())
+    reasons = [f'{n} {what}' for n, what in ((report.crowd_or_ignored, 'iscrowd or ignore'),
+                                               (len(report.malformed), 'malformed'),
+                                               (len(report.invalid_boxes) - len(report.malformed),
+                                                'degenerate or outside their image'),
+                                               (untrained, 'of classes the config does not train')) if n]
+    detail = f' (of its {report.num_annotations} annotations: {", ".join(reasons)})' if report.num_annotations \
+        else ' ("annotations" is empty)'
+    if split == 'train':
+        raise DataCheckError(f'{ann_file}: no annotation to train on{detail}; training would see background only')
+    raise DataCheckError(f'{ann_file}: no annotation to evaluate against{detail}; the {split} mAP would be -1. For a '
+                         f'test set without annotations (predictions only), set {split}_evaluator.format_only=True')
+
+
+def _judge_malformed(report: CocoCheckReport, drops_malformed: bool, dataset_type: str) -> None:
+    """Malformed annotations can only be trained without when the dataset drops them."""
+    if report.malformed and not drops_malformed:
+        listed = _listed([f'id {ann_id}: {problem}' for ann_id, problem in report.malformed])
+        raise DataCheckError(f'{report.ann_file}: {len(report.malformed)} annotations are malformed ({listed}); the '
+                             f'dataset type {dataset_type} would crash on them or train on them as they are (brs-detr '
+                             f'drops them only for CocoDataset and CityscapesDataset). Fix them in the file.')
 
 
 def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bool) -> None:
@@ -267,8 +362,9 @@ def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bo
             raise DataCheckError(f'{summary}: {fraction:.1%} is more than data_check.max_invalid_box_fraction='
                                  f'{policy.max_invalid_box_fraction:g}. This looks like a systematic error (boxes as '
                                  f'[x1, y1, x2, y2] instead of COCO\'s [x, y, w, h]? boxes of resized images?).')
-        report.warnings.append(f'{summary}; mmdet drops the degenerate ones and those entirely outside their '
-                               f'image (data_check.invalid_boxes=error refuses them)')
+        dropped = f'brs-detr drops the {len(report.malformed)} malformed ones, ' if report.malformed else ''
+        report.warnings.append(f'{summary}; {dropped}mmdet drops the degenerate ones and those entirely outside '
+                               f'their image (data_check.invalid_boxes=error refuses them)')
     if report.empty_images:
         if filter_empty_gt and report.empty_images == report.num_images:
             raise DataCheckError(f'{ann_file}: none of its {report.num_images} images has an annotation of the '
@@ -341,3 +437,31 @@ def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) ->
     if empty:
         raise DataCheckError(f'{len(empty)} of the {total} image files that {ann_file} references are empty (0 '
                              f'bytes): {_listed(empty)}')
+
+
+def check_image_sizes(ann_file: str, img_dir: str, images: List[dict]) -> Dict[int, int]:
+    """Every image's stored size (from its header) must be the annotation's ``width`` x ``height``; log once how
+    many images carry an EXIF orientation tag, which brs-detr ignores (see :mod:`brs_detr.datasets.image_headers`).
+
+    Returns:
+        EXIF orientation value -> number of images carrying it.
+
+    Raises:
+        DataCheckError: Listing the images whose size differs (with a hint: EXIF orientation, resized) or whose
+            header is not an image's.
+    """
+    mismatches, orientations, unreadable = check_image_headers(img_dir, images)
+    if unreadable:
+        raise DataCheckError(f'{len(unreadable)} of the {len(images)} image files that {ann_file} references are not '
+                             f'images: {_listed(unreadable)}')
+    if mismatches:
+        raise DataCheckError(f'{ann_file}: {len(mismatches)} of its {len(images)} images differ in size from their '
+                             f'annotation, so their boxes would not fit the pixels trained on: {_listed(mismatches)}. '
+                             f'(data_check.check_image_sizes=False trains anyway.)')
+    if orientations:
+        counts = ', '.join(f'{value}: {n}' for value, n in sorted(orientations.items()))
+        print_log(f'{ann_file}: {sum(orientations.values())} of its {len(images)} images carry an EXIF orientation tag '
+                  f'(value: images: {counts}); brs-detr reads their stored pixels and ignores the tag, as mmdet and '
+                  f'COCO do, so their boxes must be annotated on the stored pixels (the stored sizes agree with the '
+                  f'annotation)', logger='current')
+    return dict(orientations)

@@ -11,6 +11,7 @@ from mmengine.logging import print_log
 
 from mmdet.datasets import CocoDataset
 
+from .checked_datasets import CHECKED_DATASETS, ValidAnnotationsMixin
 from .coco_check import (CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, format_class_counts,
                          load_annotation_json)
 from .num_classes import dataset_class
@@ -38,10 +39,20 @@ def _walk(dataset_cfg: dict) -> Iterator[dict]:
 
 
 def _reads_coco_json(dataset_class) -> bool:
-    """Whether the dataset reads its file as mmdet's CocoDataset does (LVIS, for one, does not)."""
-    return (isinstance(dataset_class, type) and issubclass(dataset_class, CocoDataset)
-            and dataset_class.load_data_list is CocoDataset.load_data_list
-            and dataset_class.parse_data_info is CocoDataset.parse_data_info)
+    """Whether the dataset reads its file as mmdet's CocoDataset does (LVIS, for one, does not), possibly without
+    the malformed annotations (:class:`~brs_detr.datasets.checked_datasets.ValidAnnotationsMixin`)."""
+    if not (isinstance(dataset_class, type) and issubclass(dataset_class, CocoDataset)):
+        return False
+    mixin = ValidAnnotationsMixin if issubclass(dataset_class, ValidAnnotationsMixin) else None
+    return (dataset_class.load_data_list in (CocoDataset.load_data_list, getattr(mixin, 'load_data_list', None))
+            and dataset_class.parse_data_info in (CocoDataset.parse_data_info,
+                                                  getattr(mixin, 'parse_data_info', None)))
+
+
+def loads_masks(dataset_cfg: dict) -> bool:
+    """Whether the dataset's pipeline loads instance masks (``LoadAnnotations(with_mask=True)``)."""
+    return any(isinstance(t, dict) and str(t.get('type', '')).endswith('LoadAnnotations') and t.get('with_mask')
+               for t in dataset_cfg.get('pipeline') or [])
 
 
 def _join(root: Optional[str], path: str) -> str:
@@ -73,7 +84,7 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
         policy = DataCheckPolicy(**options)
     except TypeError as error:
         raise DataCheckError(f'{DATA_CHECK_KEY}: {error} (fields: invalid_boxes, max_invalid_box_fraction, '
-                             f'outside_tolerance, check_image_files)') from error
+                             f'outside_tolerance, check_image_files, check_image_sizes)') from error
     done: Dict[tuple, CocoCheckReport] = {}
     start = time.perf_counter()
     for split in splits:
@@ -95,10 +106,15 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
             filter_empty_gt = (split == 'train' and not dataset_cfg.get('test_mode', False)
                                and bool((dataset_cfg.get('filter_cfg') or {}).get('filter_empty_gt', False)))
             local_images = dataset_cfg.get('backend_args') is None
-            key = (ann_file, img_dir, classes, filter_empty_gt)
+            with_mask = loads_masks(dataset_cfg)
+            key = (ann_file, img_dir, classes, filter_empty_gt, with_mask)
             if key not in done:
                 done[key] = check_coco_file(ann_file, img_dir if local_images else None, classes, policy,
-                                            filter_empty_gt=filter_empty_gt, training=split == 'train')
+                                            filter_empty_gt=filter_empty_gt, training=split == 'train',
+                                            split=split, with_mask=with_mask,
+                                            drops_malformed=issubclass(leaf_class, ValidAnnotationsMixin),
+                                            dataset_type=leaf_class.__name__,
+                                            format_only=_format_only(cfg.get(f'{split}_evaluator')))
         _check_evaluator_files(cfg.get(f'{split}_evaluator'), {key[0] for key in done})
     for report in done.values():
         print_log(f'data check: {report.ann_file}: {report.num_images} images, {report.num_annotations} annotations'
@@ -108,6 +124,13 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
         print_log(f'data check: {len(done)} annotation files checked in {time.perf_counter() - start:.2f} s '
                   f'(skip it with --skip-data-check)', logger='current')
     return list(done.values())
+
+
+def _format_only(evaluator_cfg) -> bool:
+    """Whether the split's evaluators only write predictions (``format_only=True``: nothing is evaluated)."""
+    evaluators = evaluator_cfg if isinstance(evaluator_cfg, (list, tuple)) else [evaluator_cfg]
+    evaluators = [e for e in evaluators if isinstance(e, dict)]
+    return bool(evaluators) and all(e.get('format_only', False) for e in evaluators)
 
 
 def _check_evaluator_files(evaluator_cfg, checked: set) -> None:
@@ -120,9 +143,26 @@ def _check_evaluator_files(evaluator_cfg, checked: set) -> None:
             checked.add(ann_file)
 
 
+def use_checked_loading(cfg: Config, splits: Sequence[str]) -> None:
+    """Load the data of these splits as the tools do: :func:`name_images_in_load_errors`, and the datasets of
+    :data:`~brs_detr.datasets.checked_datasets.CHECKED_DATASETS` replaced by their subclasses without malformed
+    annotations (told whether their pipeline loads masks)."""
+    name_images_in_load_errors(cfg, splits)
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
+            continue
+        for dataset_cfg in _walk(loader['dataset']):
+            if dataset_cfg.get('type') in CHECKED_DATASETS:
+                dataset_cfg['type'] = CHECKED_DATASETS[dataset_cfg['type']]
+                dataset_cfg['with_mask'] = loads_masks(dataset_cfg)
+
+
 def name_images_in_load_errors(cfg: Config, splits: Sequence[str]) -> None:
     """Replace ``LoadImageFromFile`` in the pipelines of these splits by ``CheckedLoadImageFromFile`` (same
-    arguments), telling it the annotation file of its dataset."""
+    arguments), telling it the annotation file of its dataset and whether to check image sizes
+    (``data_check.check_image_sizes``)."""
+    check_size = bool((cfg.get(DATA_CHECK_KEY) or {}).get('check_image_sizes', True))
     for split in splits:
         loader = cfg.get(f'{split}_dataloader')
         if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
@@ -133,7 +173,8 @@ def name_images_in_load_errors(cfg: Config, splits: Sequence[str]) -> None:
                 if isinstance(transform, dict) and transform.get('type') in CHECKED_LOADER:
                     transform['type'] = CHECKED_LOADER[transform['type']]
                     transform['ann_file'] = ann_file
+                    transform['check_size'] = check_size
 
 
-
-__all__ = ['DataCheckError', 'DataCheckPolicy', 'check_datasets', 'name_images_in_load_errors', 'resolved_paths']
+__all__ = ['DataCheckError', 'DataCheckPolicy', 'check_datasets', 'name_images_in_load_errors', 'resolved_paths',
+           'use_checked_loading']

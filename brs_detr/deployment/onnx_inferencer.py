@@ -30,7 +30,7 @@ class ONNXDetInferencer(BRSDetInferencer):
     """
 
     def __init__(self,
-                 model: str,
+                 model: Union[str, ConfigDict],
                  onnx_file: str,
                  device: Optional[str] = None,
                  palette: Union[str, Sequence[tuple]] = PALETTE_FROM_MODEL,

@@ -9,7 +9,9 @@ from brs_detr.lazy_import import lazy_exports
 
 _EXPORTS = {
     '.hooks': ['CrashSafeCheckpointHook', 'NonFiniteError', 'NonFiniteLossHook'],
-    '.runner': ['CheckpointFitError', 'ReliableRunner', 'ResumableEpochBasedTrainLoop', 'find_resumable_checkpoint'],
+    '.runner': ['CheckpointFitError', 'ReliableRunner', 'ReliableTestRunner', 'ResumableEpochBasedTrainLoop',
+                'find_resumable_checkpoint'],
+    '.work_dir': ['WorkDirError', 'WorkDirOwnership'],
 }
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = [name for names in _EXPORTS.values() for name in names]

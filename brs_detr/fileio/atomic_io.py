@@ -60,7 +60,8 @@ def atomic_open(path: PathLike, mode: str = 'wb', encoding: Optional[str] = None
 
     Yields:
         The open temporary file. If the ``with`` body raises, the temporary file is removed and
-        ``path`` keeps its previous content.
+        ``path`` keeps its previous content; an ``OSError`` that names no file (a write on a full disk) is
+        raised again with ``path`` as its ``filename``.
     """
     if mode not in ('wb', 'w'):
         raise ValueError(f'atomic_open supports modes "wb" and "w", got {mode!r}')
@@ -80,9 +81,12 @@ def atomic_open(path: PathLike, mode: str = 'wb', encoding: Optional[str] = None
         # mkstemp creates 0600 files; give the result the permissions a plain open() would.
         os.chmod(tmp_path, 0o666 & ~_UMASK)
         os.replace(tmp_path, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp_path)
+        if isinstance(error, OSError) and error.filename is None and error.errno is not None:
+            # a failed write (full disk) names no file: name the destination
+            raise type(error)(error.errno, error.strerror, path) from error
         raise
     _fsync_directory(directory)
 

@@ -27,7 +27,8 @@ import sys
 from typing import Optional, Sequence
 
 from brs_detr.analysis.logs import LogError, cal_train_time, plot_curve
-from brs_detr.known_warnings import ignore_known_warnings
+from brs_detr.apis.cli import add_debug_argument, run_tool_main
+from brs_detr.fileio.output_paths import check_output_file
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -41,11 +42,15 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     plot.add_argument('--out', help='save the figure here (format from the extension, e.g. .png, .pdf)')
     train_time = commands.add_parser('cal_train_time', help='mean seconds per iteration, slowest/fastest epoch')
     train_time.add_argument('json_logs', nargs='+', help='scalars.json files (JSON lines)')
+    for command in (plot, train_time):
+        add_debug_argument(command)
     return parser.parse_args(argv)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)
+    if getattr(args, 'out', None) is not None:
+        check_output_file(args.out, '--out')  # before the logs are read and plotted
     try:
         if args.command == 'plot_curve':
             plot_curve(args.json_logs, args.keys, args.legend, args.title, args.out)
@@ -57,5 +62,4 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
 
 if __name__ == '__main__':
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    main()
+    run_tool_main(main)

@@ -17,9 +17,8 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from mmengine.config import DictAction
-
-from brs_detr.apis.cli import ToolInputError, check_checkpoint_file, check_config_file, run_tool_main
+from brs_detr.apis.cli import (ToolInputError, add_cfg_options_argument, add_debug_argument, check_checkpoint_file,
+                               check_config_file, run_tool_main)
 
 TASKS = ('inference', )
 
@@ -38,7 +37,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--img-size', type=int, nargs=2, default=None, metavar=('H', 'W'),
                         help='size of the synthetic images before the test pipeline resizes them (default 480 640)')
     parser.add_argument('--num-images', type=int, default=4, help='distinct synthetic images, cycled (default 4)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (key=value)')
+    add_cfg_options_argument(parser, 'override config keys (key=value)')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if min(args.repeat_num, args.max_iter, args.num_images) < 1 or args.num_warmup < 0:
         parser.error('--repeat-num, --max-iter and --num-images must be at least 1, --num-warmup at least 0')

@@ -3,7 +3,7 @@
 Usage::
 
     python tools/analysis_tools/browse_dataset.py CONFIG [--output-dir DIR] [--not-show] [--show-interval S]
-                                                  [--max-samples N] [--cfg-options KEY=VALUE ...]
+                                                  [--max-samples N] [--cfg-options KEY=VALUE ...] [--debug]
 
 Every sample of ``train_dataloader.dataset`` goes through the training pipeline (resize, flip, crops, ...) and is
 drawn with its ground truth (boxes with class names; masks when the pipeline loads them) into ``DIR/<stem>.png``.
@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from mmengine.config import DictAction
-
-from brs_detr.apis.cli import has_display, run_tool_main
+from brs_detr.apis.cli import add_cfg_options_argument, add_debug_argument, has_display, run_tool_main
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -26,10 +24,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--not-show', action='store_true', help='do not show the samples in a window')
     parser.add_argument('--show-interval', type=float, default=2, help='seconds each sample is shown')
     parser.add_argument('--max-samples', type=int, help='draw at most this many samples (default: all)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys, as xxx=yyy pairs, e.g. '
-                        'train_dataloader.dataset.pipeline.3.prob=0.0 (the key must exist in the config; write '
-                        '+key=value to add a new one)')
+    add_cfg_options_argument(parser, 'override config keys, as xxx=yyy pairs, e.g. '
+                             'train_dataloader.dataset.pipeline.3.prob=0.0 (the key must exist in the config and the '
+                             'value keep its type; write +key=value to add a new one)')
+    add_debug_argument(parser)
     return parser
 
 
@@ -38,19 +36,24 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parser.parse_args(argv)
     if args.max_samples is not None and args.max_samples < 1:
         parser.error(f'--max-samples must be at least 1, got {args.max_samples}')
+    show = not args.not_show
+    if show and not has_display() and args.output_dir is None:
+        parser.error('no display (DISPLAY/WAYLAND_DISPLAY is not set): pass --output-dir DIR to save the images')
+    from brs_detr.apis.config_loading import read_config
+    from brs_detr.fileio.output_paths import check_output_dir
+
+    cfg = read_config(args.config, args.cfg_options)  # before the heavy imports: a bad config fails at once
+    if args.output_dir is not None:
+        check_output_dir(args.output_dir, '--output-dir')
+
     from mmengine.logging import print_log
 
     from brs_detr.apis.dataset_browser import browse_dataset
-    from brs_detr.apis.launch import load_config
 
-    show = not args.not_show
     if show and not has_display():
-        if args.output_dir is None:
-            parser.error('no display (DISPLAY/WAYLAND_DISPLAY is not set): pass --output-dir DIR to save the images')
         print_log('no display (DISPLAY/WAYLAND_DISPLAY is not set): saving the images only (--not-show)',
                   logger='current')
         show = False
-    cfg = load_config(args.config, args.cfg_options, launcher='none')
     written = browse_dataset(cfg, output_dir=args.output_dir, show=show, show_interval=args.show_interval,
                              max_samples=args.max_samples)
     if args.output_dir is not None:

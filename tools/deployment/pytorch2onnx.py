@@ -18,9 +18,7 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
-from mmengine.config import DictAction
-
-from brs_detr.apis.cli import run_tool_main
+from brs_detr.apis.cli import add_cfg_options_argument, add_debug_argument, run_tool_main
 from brs_detr.deployment.defaults import DEFAULT_OPSET, TOP_K
 
 
@@ -40,7 +38,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--num-images', type=int, default=3, help='synthetic images to compare (default 3)')
     parser.add_argument('--top-k', type=int, default=TOP_K, help=f'detections compared per image (default {TOP_K})')
     parser.add_argument('--verbose', action='store_true', help='list the Python values the tracer fixed')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config keys (key=value)')
+    add_cfg_options_argument(parser, 'override config keys (key=value)')
+    add_debug_argument(parser)
     args = parser.parse_args(argv)
     if args.num_images < 1 or args.top_k < 1:
         parser.error('--num-images and --top-k must be at least 1')
@@ -49,6 +48,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 def main(argv: Optional[Sequence[str]] = None) -> None:
     args = parse_args(argv)  # before the heavy imports: --help and bad arguments answer at once
+    from brs_detr.fileio.output_paths import check_output_file
+    check_output_file(args.out, '--out')  # before the export, not after it
     from brs_detr.deployment.pytorch2onnx import run
     sys.exit(run(args))
 

@@ -1,4 +1,5 @@
 from .loops import ResumableEpochBasedTrainLoop
-from .runner import CheckpointFitError, ReliableRunner, find_resumable_checkpoint
+from .runner import CheckpointFitError, ReliableRunner, ReliableTestRunner, find_resumable_checkpoint
 
-__all__ = ['ResumableEpochBasedTrainLoop', 'CheckpointFitError', 'ReliableRunner', 'find_resumable_checkpoint']
+__all__ = ['ResumableEpochBasedTrainLoop', 'CheckpointFitError', 'ReliableRunner', 'ReliableTestRunner',
+           'find_resumable_checkpoint']

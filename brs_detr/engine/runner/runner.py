@@ -16,13 +16,10 @@ from mmdet.registry import RUNNERS
 
 from brs_detr.fileio.atomic_io import atomic_write_text
 from brs_detr.fileio.checkpoint import CheckpointReadError, check_checkpoint_readable
+from ..work_dir import LAST_CHECKPOINT_MARKER, RESUMABLE_CHECKPOINT, resolve_last_checkpoint
 from .checkpoint_fit import state_dict_fit
 from .class_weights import checkpoint_num_classes, class_dependent_weights
 
-#: File in the work_dir naming the latest checkpoint (written by the CheckpointHook).
-LAST_CHECKPOINT_MARKER = 'last_checkpoint'
-#: Names of the checkpoints the CheckpointHook writes by default (``epoch_N.pth`` / ``iter_N.pth``).
-RESUMABLE_CHECKPOINT = re.compile(r'^(epoch|iter)_\d+\.pth$')
 #: How strictly a checkpoint loaded with ``load_from`` must fit the model (resuming is always exact):
 #: ``'fine-tune'`` (training) lets class-dependent weights differ, ``'weights'`` (testing) nothing.
 FIT_POLICIES = ('fine-tune', 'weights')
@@ -45,14 +42,21 @@ def _is_complete(path: str) -> bool:
 def find_resumable_checkpoint(work_dir: str) -> Optional[str]:
     """The checkpoint ``--resume`` continues from: the one ``last_checkpoint`` names, if it is complete, else the
     newest complete ``epoch_N.pth``/``iter_N.pth`` of ``work_dir`` (with a warning); ``None`` when there is none.
+
+    ``last_checkpoint`` resolves inside ``work_dir`` (:func:`~brs_detr.engine.work_dir.resolve_last_checkpoint`): a
+    relative name, or an absolute one of the work_dir's former place (copied or moved) whose file is here.
     """
     marker = osp.join(work_dir, LAST_CHECKPOINT_MARKER)
     named = None
     if osp.isfile(marker):
         with open(marker, encoding='utf-8') as file:
             named = file.read().strip() or None
-        if named is not None and osp.isfile(named) and _is_complete(named):
-            return named
+        if named is not None:
+            path, note = resolve_last_checkpoint(work_dir, named)
+            if osp.isfile(path) and _is_complete(path):
+                if note is not None:
+                    print_log(note, logger='current')
+                return path
     candidates: List[str] = []
     if osp.isdir(work_dir):
         candidates = [osp.join(work_dir, name) for name in os.listdir(work_dir) if RESUMABLE_CHECKPOINT.match(name)]
@@ -90,7 +94,10 @@ class ReliableRunner(Runner):
     * The config dump in the work_dir is written atomically (mmengine truncates and rewrites it in place).
     * ``resume=True`` without ``load_from`` resumes from :func:`find_resumable_checkpoint`: when ``last_checkpoint``
       is missing, empty or names a file that is gone or truncated, the newest complete checkpoint is used instead
-      of failing (mmengine then tries to load an empty path).
+      of failing (mmengine then tries to load an empty path); its name resolves inside the work_dir, so a copied
+      or moved work_dir resumes from its own files (mmengine: from the absolute path of the original).
+    * A test run (:attr:`dump_config_in_log_dir`) dumps its config into its timestamped log folder, not over the
+      config dump of the training run whose work_dir it shares (mmdet's default work_dir is the same for both).
     * A checkpoint's state dict is compared with the model's before anything is loaded:
 
       - resuming needs an exact fit (mmengine loads with ``strict=False``: a checkpoint of another model resumes
@@ -110,15 +117,22 @@ class ReliableRunner(Runner):
 
     #: How strictly a ``load_from`` checkpoint must fit (one of :data:`FIT_POLICIES`); set by the tools.
     checkpoint_fit: str = 'fine-tune'
+    #: Dump the config into the run's ``<work_dir>/<timestamp>/`` folder instead of the work_dir (set for test runs,
+    #: before the Runner is built: the parent dumps the config while it is built).
+    dump_config_in_log_dir: bool = False
+    #: ``last_checkpoint`` may hold a name relative to the work_dir (read by :func:`find_resumable_checkpoint`).
+    resolves_relative_last_checkpoint = True
     _resuming = False
 
     def dump_config(self) -> None:
-        """Write the config into the work_dir atomically (only on the main process, as the parent does)."""
+        """Write the config into the work_dir (or the log folder, see :attr:`dump_config_in_log_dir`) atomically
+        (only on the main process, as the parent does)."""
         from mmengine.dist import is_main_process
         if not is_main_process():
             return
         filename = osp.basename(self.cfg.filename) if self.cfg.filename is not None else f'{self.timestamp}.py'
-        atomic_write_text(self.cfg.dump(), osp.join(self.work_dir, filename))  # dump() returns the text
+        folder = self.log_dir if getattr(self, 'dump_config_in_log_dir', False) else self.work_dir
+        atomic_write_text(self.cfg.dump(), osp.join(folder, filename))  # dump() returns the text
 
     def load_or_resume(self) -> None:
         if not self._has_loaded and self._resume and self._load_from is None:
@@ -224,3 +238,10 @@ class ReliableRunner(Runner):
         self._has_loaded = True
         self.logger.info(f'Load checkpoint from {filename}')
         return checkpoint
+
+
+class ReliableTestRunner(ReliableRunner):
+    """:class:`ReliableRunner` as ``tools/test.py`` builds it: the config dump goes into the run's
+    ``<work_dir>/<timestamp>/`` folder, so testing in a training run's work_dir leaves that run's dump alone."""
+
+    dump_config_in_log_dir = True

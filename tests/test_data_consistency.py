@@ -1,0 +1,219 @@
+"""Pixels that disagree with their annotations, and annotation sets that train on nothing or on garbage
+(docs/reliability.md, "Images and annotations").
+
+* Boxes are annotated on the stored pixels (mmdet's and COCO's convention): the loader ignores the EXIF orientation,
+  the data check agrees and counts the tagged images; a stored size that differs from the annotation's is refused
+  by the check (header read) and by the loader (per sample).
+* An annotation the data check reports as malformed is really dropped before mmdet reads it (or the run stops); a
+  data set that leaves nothing to train on (or to evaluate against) is refused.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from mmcv.transforms import LoadImageFromFile
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+from PIL import Image
+
+from brs_detr.datasets import CheckedLoadImageFromFile, DataCheckError, ImageLoadError, check_coco_file
+from brs_detr.datasets.data_check import check_datasets, use_checked_loading
+from reliability_utils import TOY_CONFIG
+
+CLASSES = ('rectangle', 'ellipse', 'triangle')
+ORIENTATION_TAG = 0x0112
+
+
+def write_json(path: Path, content: dict) -> str:
+    path.write_text(json.dumps(content, allow_nan=True))
+    return str(path)
+
+
+@pytest.fixture(scope='module')
+def toy_json(toy_coco_root) -> dict:
+    return json.loads((toy_coco_root / 'annotations' / 'instances_train.json').read_text())
+
+
+def exif_jpeg(path: Path, width: int, height: int, orientation: int) -> None:
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[:, :width // 2] = 255  # the left half white: a turned image has it elsewhere
+    exif = Image.Exif()
+    exif[ORIENTATION_TAG] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())
+
+
+# ----------------------------------------------------------------------------- images
+def test_loader_reads_the_stored_pixels_of_an_exif_tagged_jpeg(tmp_path):
+    exif_jpeg(tmp_path / 'photo.jpg', width=60, height=40, orientation=6)
+    results = dict(img_path=str(tmp_path / 'photo.jpg'), img_id=7, width=60, height=40)
+    assert LoadImageFromFile()(dict(results))['img'].shape == (60, 40, 3)  # mmcv turns it: boxes would not fit
+    loaded = CheckedLoadImageFromFile(ann_file='train.json')(dict(results))
+    assert loaded['img'].shape == (40, 60, 3)
+    assert loaded['img'][:, :25].mean() > 240 and loaded['img'][:, 35:].mean() < 15  # white on the left, as stored
+
+
+def test_loader_refuses_an_image_whose_size_is_not_the_annotated_one(tmp_path):
+    exif_jpeg(tmp_path / 'small.jpg', width=50, height=40, orientation=1)
+    loader = CheckedLoadImageFromFile(ann_file='train.json')
+    with pytest.raises(ImageLoadError, match=rf'image {tmp_path}/small.jpg \(image id 3, listed in train.json\) is '
+                       r'50x40 \(width x height\) but its annotation says 100x80: its boxes would not fit its pixels '
+                       r'\(scaled by 2: the image was resized after it was annotated, or before\?\)'):
+        loader(dict(img_path=str(tmp_path / 'small.jpg'), img_id=3, width=100, height=80))
+    assert CheckedLoadImageFromFile(check_size=False)(dict(img_path=str(tmp_path / 'small.jpg'), width=100,
+                                                           height=80)) is not None
+
+
+def photo_dataset(tmp_path: Path, annotated_size) -> str:
+    """Two JPEGs, one stored 60x40 with EXIF orientation 6; its annotation gives ``annotated_size``."""
+    images = tmp_path / 'images'
+    images.mkdir()
+    exif_jpeg(images / 'a.jpg', 60, 40, orientation=6)
+    exif_jpeg(images / 'b.jpg', 60, 40, orientation=1)
+    width, height = annotated_size
+    return write_json(tmp_path / 'photos.json', dict(
+        images=[dict(id=1, file_name='a.jpg', width=width, height=height),
+                dict(id=2, file_name='b.jpg', width=60, height=40)],
+        annotations=[dict(id=i, image_id=i, category_id=1, bbox=[2, 2, 10, 10], area=100, iscrowd=0) for i in (1, 2)],
+        categories=[dict(id=1, name='rectangle')]))
+
+
+def test_data_check_agrees_with_the_loader_on_exif_and_sizes(tmp_path):
+    """Annotated on the stored pixels: passes, and counts the tagged image. Annotated on the image as displayed
+    (turned): refused, naming the file, the sizes and the cause."""
+    report = check_coco_file(photo_dataset(tmp_path, (60, 40)), str(tmp_path / 'images'), ['rectangle'])
+    assert dict(report.exif_orientations) == {6: 1}
+    turned = tmp_path / 'turned'
+    turned.mkdir()
+    with pytest.raises(DataCheckError, match=rf'photos.json: 1 of its 2 images differ in size from their annotation, '
+                       rf'so their boxes would not fit the pixels trained on: image id 1 \({turned}/images/a.jpg\): '
+                       r'the file is 60x40 \(width x height\) but the annotation says 40x60 \(the file has EXIF '
+                       r'orientation 6: annotated on the image as displayed\?'):
+        check_coco_file(photo_dataset(turned, (40, 60)), str(turned / 'images'), ['rectangle'])
+
+
+def test_data_check_refuses_a_file_that_is_no_image(tmp_path):
+    """Found by the header read before training, not when its batch comes."""
+    ann_file = photo_dataset(tmp_path, (60, 40))
+    (tmp_path / 'images' / 'b.jpg').write_text('<html>404 Not Found</html>')  # a failed download, say
+    with pytest.raises(DataCheckError, match=rf'1 of the 2 image files that {ann_file} references are not images: '
+                       rf'{tmp_path}/images/b.jpg: not an image Pillow can read'):
+        check_coco_file(ann_file, str(tmp_path / 'images'), ['rectangle'])
+
+
+# ----------------------------------------------------------------------------- annotation sets
+def with_changes(content: dict, change) -> dict:
+    changed = copy.deepcopy(content)
+    change(changed)
+    return changed
+
+
+@pytest.mark.parametrize('change, split, message', [
+    (lambda d: [a.update(iscrowd=1) for a in d['annotations']], 'train',
+     r'no annotation to train on \(of its 17 annotations: 17 iscrowd or ignore\); training would see background'),
+    (lambda d: d.update(annotations=[]), 'train', r'no annotation to train on \("annotations" is empty\)'),
+    (lambda d: d.update(images=[], annotations=[]), 'train', r'"images" is empty: nothing to train on'),
+    (lambda d: d.update(annotations=[]), 'val', r'no annotation to evaluate against \("annotations" is empty\); the '
+     r'val mAP would be -1. For a test set without annotations \(predictions only\), set val_evaluator.format_only'),
+    (lambda d: d['categories'].append(dict(id=9, name='ellipse')), 'train',
+     r"several categories share a name the config trains \('ellipse': ids 2, 9\)"),
+], ids=['all-crowd', 'no-annotations', 'no-images', 'val-without-annotations', 'duplicate-class-name'])
+def test_data_set_without_anything_to_learn_is_refused(toy_json, tmp_path, change, split, message):
+    ann_file = write_json(tmp_path / 'ann.json', with_changes(toy_json, change))
+    with pytest.raises(DataCheckError, match=message):
+        check_coco_file(ann_file, None, CLASSES, split=split)
+    if split == 'val':  # a test-dev style set: predictions only
+        check_coco_file(ann_file, None, CLASSES, split=split, format_only=True)
+
+
+def toy_cfg(ann_file: str, img_dir: Path, with_mask: bool = False) -> Config:
+    """The toy config's training set on ``ann_file`` (masks loaded when ``with_mask``), prepared as tools/train.py
+    prepares it."""
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    dataset = cfg.train_dataloader.dataset
+    dataset.update(data_root='', ann_file=ann_file, data_prefix=dict(img=str(img_dir) + '/'))
+    if with_mask:
+        dataset.pipeline[1].with_mask = True
+    use_checked_loading(cfg, ['train'])
+    return cfg
+
+
+def build_train_set(cfg: Config):
+    from mmdet.registry import DATASETS
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        return DATASETS.build(cfg.train_dataloader.dataset)
+
+
+MALFORMED_BOXES = {1: None, 2: [1, 2, 3], 3: ['10', 10, 20, 20], 4: [10, 10, math.inf, 20], 5: [10, 10, math.nan, 20]}
+#: An annotation without "area" (mmdet: KeyError).
+NO_AREA = 6
+
+
+def test_malformed_boxes_reported_as_dropped_are_dropped(toy_coco_root, tmp_path):
+    """Five malformed boxes and a missing area among 145 annotations (4.1 %, allowed up to 5 % here): the check lists
+    them as dropped, and the dataset the Runner builds holds none of them (mmdet itself crashes on three boxes and on
+    the missing area, and trains on the infinite box); every trained box is finite."""
+    big = json.loads((toy_coco_root / 'annotations' / 'instances_train.json').read_text())
+    big['annotations'] = [dict(a, id=a['id'] + 100 * copy_index) for copy_index in range(9)
+                          for a in big['annotations'] if copy_index == 0 or a['id'] <= 16]
+    for ann in big['annotations']:
+        if ann['id'] in MALFORMED_BOXES:
+            ann['bbox'] = MALFORMED_BOXES[ann['id']]
+        if ann['id'] == NO_AREA:
+            del ann['area']
+    ann_file = write_json(tmp_path / 'ann.json', big)
+    cfg = toy_cfg(ann_file, toy_coco_root / 'train')
+    cfg.data_check = dict(max_invalid_box_fraction=0.05)
+    report, = check_datasets(cfg, ['train'])
+    assert dict(report.malformed)[NO_AREA] == 'no "area"'
+    assert sorted(ann_id for ann_id, _ in report.malformed) == sorted([*MALFORMED_BOXES, NO_AREA])
+    assert any('id 4: bbox [10, 10, inf, 20] is not 4 finite numbers' in w and 'brs-detr drops the 6 malformed ones'
+               in w for w in report.warnings)
+    dataset = build_train_set(cfg)
+    boxes = [instance['bbox'] for i in range(len(dataset)) for instance in dataset.get_data_info(i)['instances']]
+    assert len(boxes) == len(big['annotations']) - len(MALFORMED_BOXES) - 1 == report.trainable
+    assert all(math.isfinite(v) for box in boxes for v in box)
+
+
+def test_malformed_segmentations_are_dropped_where_masks_are_used(toy_coco_root, toy_json, tmp_path):
+    """With masks: a polygon holding null (mmdet's rasterisation exhausts the memory), an RLE of another size and a
+    missing segmentation (mmdet crashes) are dropped; every image of the set then loads with its masks."""
+    broken = {1: [[None, 69, 111, 69, 111, 111, 65, 111]], 2: dict(size=[64, 64], counts='abc'), 3: None}
+    content = copy.deepcopy(toy_json)
+    for ann in content['annotations']:
+        if ann['id'] in broken:
+            ann['segmentation'] = broken[ann['id']]
+    ann_file = write_json(tmp_path / 'ann.json', content)
+    cfg = toy_cfg(ann_file, toy_coco_root / 'train', with_mask=True)
+    cfg.data_check = dict(max_invalid_box_fraction=0.2)
+    report, = check_datasets(cfg, ['train'])
+    assert sorted(ann_id for ann_id, _ in report.malformed) == [1, 2, 3]
+    dataset = build_train_set(cfg)
+    kept = sum(len(dataset.get_data_info(i)['instances']) for i in range(len(dataset)))
+    assert kept == len(content['annotations']) - 3  # checked before the pipeline rasterises anything
+    for index in range(len(dataset)):
+        assert dataset[index]['data_samples'].gt_instances.masks.masks.shape[0] >= 0
+    without_masks = toy_cfg(ann_file, toy_coco_root / 'train')  # the boxes are fine: nothing dropped
+    assert sum(len(build_train_set(without_masks).get_data_info(i)['instances'])
+               for i in range(len(dataset))) == len(content['annotations'])
+
+
+def test_malformed_boxes_stop_a_dataset_that_cannot_drop_them(toy_coco_root, toy_json, tmp_path):
+    from mmdet.datasets import CocoDataset
+    from mmdet.registry import DATASETS
+
+    @DATASETS.register_module(name='MyCocoDataset', force=True)
+    class MyCocoDataset(CocoDataset):
+        """A user's dataset class: read like COCO, but not one brs-detr replaces."""
+
+    content = with_changes(toy_json, lambda d: d['annotations'][0].update(bbox=None))
+    cfg = toy_cfg(write_json(tmp_path / 'ann.json', content), toy_coco_root / 'train')
+    cfg.train_dataloader.dataset.type = 'MyCocoDataset'
+    cfg.data_check = dict(max_invalid_box_fraction=0.1)
+    with pytest.raises(DataCheckError, match=r'1 annotations are malformed \(id 1: bbox None is not 4 finite '
+                       r'numbers\); the dataset type MyCocoDataset would crash on them or train on them as they are'):
+        check_datasets(cfg, ['train'])

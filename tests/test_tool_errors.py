@@ -1,0 +1,314 @@
+"""Every user error ends in one line naming it, before the long work starts; Ctrl-C and a full disk too
+(docs/reliability.md, "One-line errors").
+
+Most cases call a tool's ``main`` in this process (``run_tool_main`` turns the raised error into the one line and the
+exit status; ``test_run_tool_main_*`` check that step); a subprocess only where the process's exit matters (a
+read-only file system, torchrun).
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import pytest
+from mmengine.logging import MMLogger
+from mmengine.runner import Runner
+
+from brs_detr.apis.cli import ToolInputError, run_tool_main
+from brs_detr.apis.config_loading import RUNNER_ARGUMENTS, read_config
+from brs_detr.fileio import atomic_io
+from brs_detr.fileio.output_paths import OutputPathError
+from conftest import REPO_ROOT, TOOLS_DIR, load_tool_module
+from reliability_utils import TOY_CONFIG, write_fault_config
+
+train_tool = load_tool_module('train')
+test_tool = load_tool_module('test')
+
+
+def tool_exit(main, argv, capsys, name='train.py'):
+    """Run ``main(argv)`` as the tool's ``__main__`` does: ``(exit status, stderr)``.
+
+    A new current MMLogger first: the current one of an earlier test writes to that test's (closed) captured stream.
+    """
+    MMLogger.get_instance(f'tool_exit_{uuid.uuid4().hex}')
+    sys_argv = sys.argv
+    sys.argv = [name]
+    try:
+        with pytest.raises(SystemExit) as exit_info:
+            run_tool_main(lambda: main(argv))
+    finally:
+        sys.argv = sys_argv
+    return exit_info.value.code, capsys.readouterr().err
+
+
+def config_file(folder: Path, name: str, text: str) -> Path:
+    path = folder / name
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+# ----------------------------------------------------------------------------- the config file
+def test_config_mistakes_name_the_file_and_line(tmp_path):
+    base = config_file(tmp_path, 'base.py', f'''\
+        _base_ = [{str(TOY_CONFIG)!r}]
+        train_cfg = dict(max_epochs=1
+        ''')
+    derived = config_file(tmp_path, 'derived.py', "_base_ = ['./base.py']\n")
+    cases = {
+        derived: rf'cannot read config {derived}: {base}, line 2: syntax error: \'\(\' was never closed: '
+                 r'train_cfg = dict\(max_epochs=1$',
+        config_file(tmp_path, 'no_base.py', "_base_ = ['./atss_toy.py']\n"):
+            rf'no_base.py: its _base_ file {tmp_path}/atss_toy.py does not exist; similar files in {tmp_path}: ',
+        config_file(tmp_path, 'name.py', 'a = 1\nb = undefined_name + 1\n'):
+            r'name.py, line 2: NameError: name \'undefined_name\' is not defined',
+        config_file(tmp_path, 'imports.py', f'''\
+            _base_ = [{str(TOY_CONFIG)!r}]
+            custom_imports = dict(imports=['brs_detr', 'no_such_module'], allow_failed_imports=False)
+            '''): r'imports.py: custom_imports: there is no module \'no_such_module\' on the Python path',
+        tmp_path / 'weights.pth': r'weights.pth is not a config file: expected .py/.json/.yaml/.yml \(a checkpoint\? ',
+    }
+    (tmp_path / 'weights.pth').write_bytes(b'x')
+    for path, message in cases.items():
+        with pytest.raises(ToolInputError, match=message):
+            train_tool.main([str(path), '--work-dir', str(tmp_path / 'wd')])
+
+
+def test_unknown_type_names_the_registry_and_the_closest_names(tmp_path, in_toy_root):
+    config = config_file(tmp_path, 'typo.py', f'''\
+        _base_ = [{str(TOY_CONFIG)!r}]
+        model = dict(bbox_head=dict(loss_cls=dict(type='FocalLos')))
+        ''')
+    with pytest.raises(ToolInputError, match=rf"{config}: unknown type 'FocalLos' at model.bbox_head.loss_cls.type: "
+                       r"not in mmdet's model registry nor in any other \(closest registered names: FocalLoss"):
+        train_tool.main([str(config), '--work-dir', str(tmp_path / 'wd')])
+    assert not list((tmp_path / 'wd').glob('*/*.log'))  # refused before the Runner
+
+
+def test_runner_arguments_are_mmengines():
+    assert RUNNER_ARGUMENTS == set(inspect.signature(Runner.__init__).parameters) - {'self'}
+
+
+# ----------------------------------------------------------------------------- --cfg-options
+def test_cfg_options_of_the_wrong_type_or_form(capsys, tmp_path):
+    for option, message in (('train_cfg.max_epochs=two', r'train_cfg.max_epochs: expects an integer \(the config has '
+                             r'12\), got a string \'two\''),
+                            ('val_dataloader.dataset.metainfo.classes=rectangle',
+                             r'val_dataloader.dataset.metainfo.classes: expects a list')):
+        with pytest.raises(ToolInputError, match=f'--cfg-options {message}'):
+            train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path), '--cfg-options', option])
+    cfg = read_config(str(TOY_CONFIG), {'+train_cfg.max_epochs': 'two'})
+    assert cfg.train_cfg.max_epochs == 'two'  # on purpose
+    for item, message in (('train_cfg.max_epochs', 'expected KEY=VALUE'),
+                          ('train_cfg.max_epochs=[(1,2)', 'the brackets of the value are unbalanced')):
+        status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--cfg-options', item], capsys)
+        assert status == 2 and err.splitlines()[-1] == f'train.py: error: --cfg-options {item}: {message}' + (
+            ', e.g. train_cfg.max_epochs=2' if message.startswith('expected') else '')
+
+
+def test_new_argument_of_a_component_is_checked_against_its_signature(tmp_path, in_toy_root, no_runner):
+    """The documented recipe (``by_epoch`` is an argument of CheckpointHook that the config leaves out) runs up to
+    the Runner; a misspelt argument is refused naming the component's closest argument."""
+    with pytest.raises(AssertionError, match='the Runner was built'):  # got that far
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--cfg-options',
+                         'default_hooks.checkpoint.by_epoch=False', 'default_hooks.checkpoint.save_begin=2'])
+    with pytest.raises(ToolInputError, match=r"default_hooks.checkpoint.sve_best: no such key in .*, and "
+                       r"CheckpointHook \(at default_hooks.checkpoint\) takes no argument 'sve_best'; closest: "
+                       r"save_best"):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd2'), '--cfg-options',
+                         'default_hooks.checkpoint.sve_best=auto'])
+
+
+# ----------------------------------------------------------------------------- outputs, checked first
+@pytest.fixture
+def no_runner(monkeypatch):
+    """Fail the test if a tool gets as far as building its Runner (the model, the evaluation)."""
+    from brs_detr.apis import launch
+
+    def runner_built(cfg, for_testing=False):
+        raise AssertionError('the Runner was built before the output was checked')
+
+    monkeypatch.setattr(launch, 'build_runner', runner_built)
+
+
+def test_unwritable_outputs_are_refused_before_the_work(tmp_path, in_toy_root, no_runner):
+    (tmp_path / 'file').write_text('not a folder')
+    checkpoint = tmp_path / 'weights.pth'
+    checkpoint.write_bytes(b'x')  # never read: the outputs are checked first
+    cases = [
+        (train_tool.main, ['--work-dir', str(tmp_path / 'file')], rf'--work-dir {tmp_path}/file is a regular file, '
+         r'not a directory'),
+        (train_tool.main, ['--work-dir', str(tmp_path / 'file' / 'wd')], rf'--work-dir {tmp_path}/file/wd: '
+         rf'{tmp_path}/file is a regular file, so no folder can be created under it'),
+        (test_tool.main, [str(checkpoint), '--work-dir', str(tmp_path / 'wd'), '--out',
+                          str(tmp_path / 'file' / 'r.pkl')],
+         rf'--out {tmp_path}/file/r.pkl: its folder {tmp_path}/file is a regular file'),
+        (test_tool.main, [str(checkpoint), '--work-dir', str(tmp_path / 'wd'), '--show-dir', str(tmp_path / 'file')],
+         rf'--show-dir {tmp_path}/file is a regular file, not a directory'),
+        (test_tool.main, [str(checkpoint), '--work-dir', str(tmp_path / 'file')], r'--work-dir .*file is a regular'),
+    ]
+    for main, argv, message in cases:
+        with pytest.raises(OutputPathError, match=message):
+            main([str(TOY_CONFIG), *argv])
+
+
+def test_swapped_or_wrong_files(tmp_path, in_toy_root):
+    (tmp_path / 'weights.pth').write_bytes(b'x')
+    with pytest.raises(ToolInputError, match=rf'checkpoint {TOY_CONFIG} is a config file, not a checkpoint \(the '
+                       r'config comes first: CONFIG CHECKPOINT\)'):
+        test_tool.main([str(tmp_path / 'weights.pth'), str(TOY_CONFIG)])
+    with pytest.raises(ToolInputError, match=rf'resume checkpoint {tmp_path} is a folder, not a checkpoint file \(to '
+                       r'continue the run in a work_dir: --work-dir DIR --resume\)'):
+        train_tool.main([str(TOY_CONFIG), '--resume', str(tmp_path)])
+
+
+def test_other_tools_read_their_configs_first(tmp_path):
+    """benchmark_train.py reads every config and applies --cfg-options before the first benchmark (mmengine adds a
+    misspelt key silently: the model build fails after the earlier configs ran); convert_checkpoint.py --config."""
+    benchmark = load_tool_module('benchmark_train')
+    with pytest.raises(ToolInputError, match=r"--cfg-options model.bbox_head.num_clases: no such key in .*; closest "
+                       r"existing keys: model.bbox_head.num_classes"):
+        benchmark.main([str(TOY_CONFIG), '--cfg-options', 'model.bbox_head.num_clases=3'])
+    bad = config_file(tmp_path, 'bad.py', 'x = (\n')
+    (tmp_path / 'src.pth').write_bytes(b'x')
+    with pytest.raises(ToolInputError, match=rf'cannot read config {bad}: {bad}, line 1: syntax error'):
+        load_tool_module('convert_checkpoint').main([str(tmp_path / 'src.pth'), str(tmp_path / 'dst.pth'),
+                                                     '--config', str(bad)])
+
+
+def test_demo_out_dir_and_other_tools_outputs(tmp_path, capsys):
+    (tmp_path / 'file').write_text('not a folder')
+    demo = load_demo()
+    with pytest.raises(OutputPathError, match=rf'--out-dir {tmp_path}/file is a regular file'):
+        demo.main([str(tmp_path), str(TOY_CONFIG), '--out-dir', str(tmp_path / 'file')])
+    convert = load_tool_module('convert_checkpoint')
+    (tmp_path / 'src.pth').write_bytes(b'x')
+    with pytest.raises(ToolInputError, match='is SRC: converting in place would replace the published checkpoint'):
+        convert.main([str(tmp_path / 'src.pth'), str(tmp_path / '.' / 'src.pth')])
+    logs = load_tool_module('analysis_tools/analyze_logs')
+    with pytest.raises(OutputPathError, match=rf'--out {tmp_path}/file/curve.png: its folder'):
+        logs.main(['plot_curve', str(tmp_path / 'missing.json'), '--out', str(tmp_path / 'file' / 'curve.png')])
+    make_toy_coco = load_tool_module('make_toy_coco')
+    assert make_toy_coco.main([str(tmp_path / 'file' / 'toy')]) == 2
+    assert capsys.readouterr().err == (f'make_toy_coco.py: error: OUT_DIR {tmp_path}/file/toy: its folder '
+                                       f'{tmp_path}/file is a regular file, not a directory\n')
+    benchmark = load_tool_module('benchmark_loss')
+    status, err = tool_exit(benchmark.main, ['--out-md', str(tmp_path / 'file' / 'b.md')], capsys,
+                            'benchmark_loss.py')
+    assert status == 2 and err.splitlines()[-1].startswith(f'benchmark_loss.py: error: --out-md {tmp_path}/file/b.md')
+
+
+@pytest.mark.skipif(shutil.which('unshare') is None or subprocess.run(
+    ['unshare', '-rm', 'true'], capture_output=True).returncode != 0, reason='needs unshare -rm (user namespaces)')
+def test_work_dir_on_a_read_only_file_system(tmp_path, tool_env):
+    """A real read-only mount (a bind mount in a user namespace): one line, exit 2, before the heavy imports."""
+    read_only = tmp_path / 'ro'
+    read_only.mkdir()
+    command = (f'mount --bind {read_only} {read_only} && mount -o remount,bind,ro {read_only} && '
+               f'{sys.executable} {TOOLS_DIR / "train.py"} {TOY_CONFIG} --work-dir {read_only}/wd')
+    done = subprocess.run(['unshare', '-rm', 'sh', '-c', command], capture_output=True, text=True, env=tool_env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (f'train.py: error: --work-dir {read_only}/wd: cannot write there (the nearest '
+                                   f'existing folder {read_only}, where it would be created): the file system is '
+                                   'read-only')
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root may write anywhere')
+def test_work_dir_without_write_permission(tmp_path):
+    locked = tmp_path / 'locked'
+    locked.mkdir(mode=0o500)
+    with pytest.raises(OutputPathError, match=rf'--work-dir {locked}: cannot write there: permission denied'):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(locked)])
+
+
+# ----------------------------------------------------------------------------- during the run
+def test_ctrl_c_ends_in_one_line_and_keeps_the_checkpoints(in_toy_root, tmp_path, capsys):
+    config = write_fault_config(tmp_path / 'cfg.py', epochs=1, interval=2, faults='sigint_after=3')
+    work_dir = tmp_path / 'wd'
+    status, err = tool_exit(train_tool.main, [str(config), '--work-dir', str(work_dir)], capsys)
+    assert status == 130
+    assert err.strip().splitlines()[-1] == (f'train.py: interrupted (Ctrl-C); the checkpoints saved in {work_dir} '
+                                            'are kept; continue with --resume')
+    assert 'Traceback' not in err
+    assert (work_dir / 'last_checkpoint').read_text() == 'iter_2.pth' and (work_dir / 'iter_2.pth').is_file()
+
+
+def test_full_disk_ends_in_one_line_naming_the_file_and_keeps_the_previous_checkpoint(in_toy_root, tmp_path, capsys,
+                                                                                      monkeypatch):
+    monkeypatch.setattr(atomic_io, 'atomic_write_bytes', atomic_io.atomic_write_bytes)  # restored afterwards
+    config = write_fault_config(tmp_path / 'cfg.py', epochs=1, interval=2, faults="disk_full_in_write_of='iter_4'")
+    work_dir = tmp_path / 'wd'
+    status, err = tool_exit(train_tool.main, [str(config), '--work-dir', str(work_dir)], capsys)
+    assert status == 2 and 'Traceback' not in err
+    assert err.strip().splitlines()[-1] == (
+        f'train.py: error: No space left on device while saving the checkpoint {work_dir}/iter_4.pth; nothing was '
+        f'replaced: the previous checkpoint {work_dir}/iter_2.pth is kept (last_checkpoint names it): free some '
+        f'space, then continue with --resume')
+    assert sorted(p.name for p in work_dir.glob('*.pth')) == ['iter_2.pth'] and not list(work_dir.glob('*.tmp-*'))
+
+
+def test_run_tool_main_debug_shows_the_traceback(tmp_path, capsys, monkeypatch):
+    bad = config_file(tmp_path, 'bad.py', 'x = (\n')
+    monkeypatch.setenv('BRS_DETR_DEBUG', '0')
+    status, err = tool_exit(train_tool.main, [str(bad), '--debug'], capsys)
+    assert status == 2 and 'Traceback (most recent call last)' in err
+    assert err.strip().splitlines()[-1].startswith(f'train.py: error: cannot read config {bad}: {bad}, line 1:')
+    monkeypatch.setenv('BRS_DETR_DEBUG', '0')
+    status, err = tool_exit(train_tool.main, [str(bad)], capsys)
+    assert status == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_run_tool_main_out_of_memory_is_one_line(capsys):
+    def out_of_memory():
+        raise MemoryError('cannot allocate 17179869184 bytes')
+
+    status, err = tool_exit(lambda argv: out_of_memory(), [], capsys)
+    assert status == 1 and err == ('train.py: error: out of memory: cannot allocate 17179869184 bytes (a smaller batch '
+                                   'or image size, or fewer DataLoader workers, needs less)\n')
+
+
+FAILING_SCRIPT = textwrap.dedent('''
+    import os, signal, sys, time
+    if os.environ['RANK'] == '0':
+        if sys.argv[1] == 'kill':
+            os.kill(os.getpid(), signal.SIGKILL)
+        print('script.py: error: the one line', file=sys.stderr)
+        sys.exit(2)
+    time.sleep(60)
+''')
+
+
+@pytest.mark.parametrize('how, status, last_line', [('error', 2, 'script.py: error: the one line'),
+                                                     ('kill', 137, 'script.py: rank 0 (pid N) was killed by SIGKILL')])
+def test_dist_launcher_reports_a_failed_rank_in_one_line(tmp_path, tool_env, free_port, how, status, last_line):
+    """tools/dist_train.sh's launcher: the rank's own status and line, not torchrun's traceback and status 1."""
+    script = tmp_path / 'script.py'
+    script.write_text(FAILING_SCRIPT)
+    done = subprocess.run([sys.executable, '-m', 'brs_detr.apis.dist_launch', '--nproc_per_node=2',
+                           f'--master_port={free_port()}', str(script), how], capture_output=True, text=True,
+                          env={**tool_env, 'PYTHONPATH': str(REPO_ROOT)}, cwd=tmp_path, timeout=120)
+    assert done.returncode == status, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert lines[-1].split(' (pid')[0] == last_line.split(' (pid')[0] and len(lines) == 1, done.stderr
+    assert 'Traceback' not in done.stderr and 'ChildFailedError' not in done.stderr
+
+
+# ----------------------------------------------------------------------------- helpers
+@pytest.fixture
+def in_toy_root(toy_coco_root, monkeypatch) -> Path:
+    monkeypatch.chdir(toy_coco_root.parents[1])
+    return toy_coco_root.parents[1]
+
+
+def load_demo():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('brs_detr_demo_image_demo', REPO_ROOT / 'demo' / 'image_demo.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
