@@ -21,9 +21,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional, Sequence
 
-from mmengine.config import DictAction
-
-from brs_detr.apis.cli import run_tool_main
+from brs_detr.apis.cli import add_cfg_options_argument, add_debug_argument, run_tool_main
 
 
 def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
@@ -41,8 +39,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--work-dir', help='work dir of the run on the validation set (default: '
                         './work_dirs/<config name>)')
     parser.add_argument('--skip-data-check', action='store_true', help='do not check the validation data first')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction,
-                        help='override config keys (the key must exist in the config; +key=value adds one)')
+    add_cfg_options_argument(parser, 'override config keys (the key must exist in the config; +key=value adds one)')
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
-import sys
 from typing import List, Optional, Sequence
 
 DIFFICULT_CHOICES = ('ignore', 'keep', 'drop')  # brs_detr.datasets.converters.DIFFICULT_POLICIES (light import)
@@ -37,6 +36,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     parser.add_argument('--difficult', choices=DIFFICULT_CHOICES, default='ignore',
                         help='difficult objects: ignore = iscrowd=1, neither trained on nor evaluated (default, as '
                         'mmdet); keep = normal objects; drop = left out')
+    from brs_detr.apis.cli import add_debug_argument
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -62,6 +63,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    from brs_detr.known_warnings import ignore_known_warnings
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    sys.exit(main())
+    from brs_detr.apis.cli import run_tool_main
+    run_tool_main(main)  # Ctrl-C, a full or read-only disk, --debug: as every tool

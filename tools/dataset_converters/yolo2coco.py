@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os.path as osp
-import sys
 from typing import Optional, Sequence
 
 
@@ -28,6 +27,8 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
                         help='class list: a data.yaml (names) or a text file with one name per line (default: '
                         'data.yaml, dataset.yaml, classes.txt or obj.names in DATA_ROOT)')
     parser.add_argument('--splits', nargs='+', help='splits to convert (default: all)')
+    from brs_detr.apis.cli import add_debug_argument
+    add_debug_argument(parser)
     return parser.parse_args(argv)
 
 
@@ -39,6 +40,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
 
 if __name__ == '__main__':
-    from brs_detr.known_warnings import ignore_known_warnings
-    ignore_known_warnings()  # the third-party stack's known noise (brs_detr/known_warnings.py)
-    sys.exit(main())
+    from brs_detr.apis.cli import run_tool_main
+    run_tool_main(main)  # Ctrl-C, a full or read-only disk, --debug: as every tool
