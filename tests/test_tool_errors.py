@@ -98,8 +98,7 @@ def test_runner_arguments_are_mmengines():
 def test_cfg_options_of_the_wrong_type_or_form(capsys, tmp_path):
     for option, message in (('train_cfg.max_epochs=two', r'train_cfg.max_epochs: expects an integer \(the config has '
                              r'12\), got a string \'two\''),
-                            ('val_dataloader.dataset.metainfo.classes=rectangle',
-                             r'val_dataloader.dataset.metainfo.classes: expects a list')):
+                            ('param_scheduler.1.milestones=9', r'param_scheduler.1.milestones: expects a list')):
         with pytest.raises(ToolInputError, match=f'--cfg-options {message}'):
             train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path), '--cfg-options', option])
     cfg = read_config(str(TOY_CONFIG), {'+train_cfg.max_epochs': 'two'})

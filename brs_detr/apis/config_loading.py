@@ -268,6 +268,9 @@ def _typed_parent(cfg: Config, key: str) -> Optional[Tuple[str, str]]:
     return prefix, node['type']
 
 
+#: Keys whose values another check names better than a type mismatch (``classes='person'``:
+#: :func:`brs_detr.datasets.num_classes.resolve_num_classes` says how to write one class).
+TYPE_CHECKED_ELSEWHERE = ('classes', )
 #: How close (difflib ratio) a new key must be to an existing sibling to count as its misspelling.
 TYPO_SIMILARITY = 0.8
 
@@ -307,7 +310,7 @@ def check_cfg_options(cfg: Config, cfg_options: dict) -> dict:
             continue
         _, node, exists = _deepest_existing(cfg, key)
         if exists:
-            problem = value_type_problem(node, value)
+            problem = value_type_problem(node, value) if key.rsplit('.', 1)[-1] not in TYPE_CHECKED_ELSEWHERE else None
             if problem is not None:
                 wrong_type.append(f'--cfg-options {key}: {problem}')
         elif _typed_parent(cfg, key) is not None and not _resembles_a_sibling(node, key):
