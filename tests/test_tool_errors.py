@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -22,10 +23,13 @@ from mmengine.runner import Runner
 
 from brs_detr.apis.cli import ToolInputError, run_tool_main
 from brs_detr.apis.config_loading import RUNNER_ARGUMENTS, read_config
+from brs_detr.apis.run_settings import check_run_settings, late_schedule_steps
 from brs_detr.fileio import atomic_io
 from brs_detr.fileio.output_paths import OutputPathError
 from conftest import REPO_ROOT, TOOLS_DIR, load_tool_module
 from reliability_utils import TOY_CONFIG, write_fault_config
+
+MASK_CONFIG = REPO_ROOT / 'configs' / 'toy' / 'brs-mask-rcnn_r18-tiny_2xb2-12e_toy-coco.py'
 
 train_tool = load_tool_module('train')
 test_tool = load_tool_module('test')
@@ -108,6 +112,74 @@ def test_cfg_options_of_the_wrong_type_or_form(capsys, tmp_path):
         status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--cfg-options', item], capsys)
         assert status == 2 and err.splitlines()[-1] == f'train.py: error: --cfg-options {item}: {message}' + (
             ', e.g. train_cfg.max_epochs=2' if message.startswith('expected') else '')
+
+
+def test_cfg_options_on_a_variable_that_was_copied_when_the_config_was_read(tmp_path):
+    """``data_root`` and ``max_epochs`` are plain variables of the config: mmengine accepts an override and the
+    datasets keep reading the old folder. The error lists every key that copied the value, with the new values."""
+    with pytest.raises(ToolInputError, match=r'--cfg-options data_root=elsewhere/: data_root is a variable of .* '
+                       r'copied into train_dataloader.dataset.data_root, val_dataloader.dataset.data_root, '
+                       r'test_dataloader.dataset.data_root, val_evaluator.ann_file, test_evaluator.ann_file .*'
+                       r'--cfg-options train_dataloader.dataset.data_root=elsewhere/ .* '
+                       r'val_evaluator.ann_file=elsewhere/annotations/instances_val.json'):
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path), '--cfg-options', 'data_root=elsewhere/'])
+    with pytest.raises(ToolInputError, match=r'max_epochs=2: .* copied into train_cfg.max_epochs .* '
+                       r'--cfg-options train_cfg.max_epochs=2'):
+        read_config(str(TOY_CONFIG), {'max_epochs': 2})
+    assert read_config(str(TOY_CONFIG), {'+data_root': 'elsewhere/'}).data_root == 'elsewhere/'  # on purpose
+    assert read_config(str(TOY_CONFIG), {'train_cfg.max_epochs': 2}).train_cfg.max_epochs == 2
+
+
+@pytest.mark.parametrize('option, message', [
+    ('train_dataloader.batch_size=0', r'train_dataloader.batch_size=0: the images per process and batch must be a '
+                                      r'positive integer'),
+    ('val_dataloader.num_workers=-1', r'val_dataloader.num_workers=-1: the DataLoader worker processes must be'),
+    ('train_cfg.max_epochs=0', r'train_cfg.max_epochs=0: training must last at least one epoch \(mmengine trains '
+                               r'nothing and reports success\)'),
+    ('train_cfg.val_interval=0', r'train_cfg.val_interval=0: must be a positive integer'),
+    ('optim_wrapper.optimizer.lr=-0.01', r'optim_wrapper.optimizer.lr=-0.01: the learning rate must be a positive '
+                                         r'finite number'),
+    ('optim_wrapper.optimizer.lr=0', r'optim_wrapper.optimizer.lr=0: .*\(0 would train without changing a weight'),
+    ('optim_wrapper.optimizer.weight_decay=-1', r'optim_wrapper.optimizer.weight_decay=-1: must be a finite number '
+                                                r'>= 0'),
+])
+def test_run_settings_no_run_can_use_are_refused_before_the_work(option, message, tmp_path, in_toy_root, no_runner,
+                                                                 capsys):
+    """mmengine/torch fail on these only after the model is built (a raw ValueError), or train nothing and exit 0."""
+    status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--cfg-options',
+                                              option], capsys)
+    assert status == 2 and re.search(f'^train.py: error: {message}', err, re.MULTILINE), err
+    assert not (tmp_path / 'wd').exists()
+    if option.startswith('train_dataloader'):  # test.py checks its own split
+        with pytest.raises(ToolInputError, match=message.replace('train', 'test')):
+            check_run_settings(read_config(str(TOY_CONFIG), {'test_dataloader.batch_size': 0}), ['test'])
+    if option.startswith('val_dataloader'):  # test.py reads only the test split
+        check_run_settings(read_config(str(TOY_CONFIG), {'val_dataloader.num_workers': -1}), ['test'])
+
+
+def test_learning_rate_steps_after_the_end_of_training_are_named():
+    cfg = read_config(str(TOY_CONFIG), {'train_cfg.max_epochs': 9})
+    assert late_schedule_steps(cfg) == [
+        'param_scheduler[1] (MultiStepLR) milestones [9, 11]: the steps at [9, 11] come at or after the end of '
+        'training (9 epochs), so the learning rate never drops there']
+    assert late_schedule_steps(read_config(str(TOY_CONFIG), {'train_cfg.max_epochs': 12})) == []
+
+
+def test_mask_metric_for_a_model_without_masks_is_refused_before_inference(in_toy_root):
+    """mmdet's CocoMetric fails with ``KeyError: 'segm is not in results'`` only after the whole inference."""
+    from types import SimpleNamespace
+
+    from brs_detr.apis.launch import check_mask_metrics
+    from mmdet.registry import MODELS
+
+    cfg = read_config(str(TOY_CONFIG), {'test_evaluator.metric': ['bbox', 'segm']})
+    runner = SimpleNamespace(model=MODELS.build(cfg.model))
+    with pytest.raises(ToolInputError, match=r"test_evaluator asks CocoMetric for the 'segm' metric, but the model "
+                       r"\(ATSS\) predicts no masks: .*--cfg-options test_evaluator.metric=bbox"):
+        check_mask_metrics(runner, cfg, 'test_evaluator')
+    check_mask_metrics(runner, cfg, 'val_evaluator')  # only the evaluator the run uses counts
+    mask_cfg = read_config(str(MASK_CONFIG), {'test_evaluator.metric': ['bbox', 'segm']})
+    check_mask_metrics(SimpleNamespace(model=MODELS.build(mask_cfg.model)), mask_cfg, 'test_evaluator')
 
 
 def test_new_argument_of_a_component_is_checked_against_its_signature(tmp_path, in_toy_root, no_runner):

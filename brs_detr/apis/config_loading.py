@@ -281,6 +281,50 @@ def _resembles_a_sibling(parent: dict, key: str) -> bool:
                                           cutoff=TYPO_SIMILARITY))
 
 
+#: Top-level config keys that a tool reads itself (besides the Runner's fields).
+TOOL_FIELDS = frozenset({'custom_imports', 'tta_model', 'tta_pipeline', 'data_check'})
+#: The shortest string value whose copies are looked for (shorter ones match by chance).
+MIN_COPIED_STRING = 2
+
+
+def _copies_of_variable(cfg: Config, key: str) -> List[Tuple[str, Any]]:
+    """``(path, value)`` of the config values that were made from the top-level variable ``key`` when the file was
+    read: equal strings, strings that start with it (``data_root + 'annotations/...'``), and equal numbers under a
+    key of the same name (``max_epochs`` -> ``train_cfg.max_epochs``)."""
+    old = cfg._cfg_dict.get(key)
+    if isinstance(old, bool) or not isinstance(old, (str, int, float)):
+        return []
+    if isinstance(old, str) and len(old) < MIN_COPIED_STRING:
+        return []
+    copies = []
+    for path in _config_paths(cfg._cfg_dict):
+        if path == key:
+            continue
+        _, value, _ = _deepest_existing(cfg, path)
+        if isinstance(old, str):
+            if isinstance(value, str) and value.startswith(old):
+                copies.append((path, value))
+        elif path.rsplit('.', 1)[-1] == key and value == old and not isinstance(value, bool):
+            copies.append((path, value))
+    return copies
+
+
+def _variable_override_problem(cfg: Config, key: str, value: Any) -> Optional[str]:
+    """Why ``--cfg-options key=value`` on a top-level variable of the config would change nothing (``None``: it
+    does, or the variable was not copied anywhere)."""
+    if '.' in key or key in RUNNER_FIELDS or key in TOOL_FIELDS:
+        return None
+    copies = _copies_of_variable(cfg, key)
+    if not copies:
+        return None
+    old = cfg._cfg_dict[key]
+    instead = ' '.join(f'{path}={value}{copied[len(old):]}' if isinstance(old, str) and isinstance(value, str)
+                       else f'{path}={value}' for path, copied in copies)
+    return (f'--cfg-options {key}={value}: {key} is a variable of {cfg.filename} that was copied into '
+            f'{", ".join(path for path, _ in copies)} when the file was read; changing it now changes nothing '
+            f'(mmengine would accept it silently). Set the keys that use it instead: --cfg-options {instead}')
+
+
 def check_cfg_options(cfg: Config, cfg_options: dict) -> dict:
     """The ``--cfg-options`` with keys that must exist in ``cfg`` (or carry the ``+`` opt-in) and values of the
     type they replace.
@@ -299,7 +343,7 @@ def check_cfg_options(cfg: Config, cfg_options: dict) -> dict:
     Raises:
         ToolInputError: Names each unknown key with the closest existing keys, and each value of the wrong type.
     """
-    checked, unknown, wrong_type, deferred = {}, [], [], []
+    checked, unknown, wrong_type, deferred, variables = {}, [], [], [], []
     for key, value in cfg_options.items():
         if key.startswith(NEW_KEY_PREFIX):
             checked[key[len(NEW_KEY_PREFIX):]] = value
@@ -309,7 +353,9 @@ def check_cfg_options(cfg: Config, cfg_options: dict) -> dict:
         if top not in cfg and top in RUNNER_FIELDS:
             continue
         _, node, exists = _deepest_existing(cfg, key)
-        if exists:
+        if exists and _variable_override_problem(cfg, key, value) is not None:
+            variables.append(_variable_override_problem(cfg, key, value))
+        elif exists:
             problem = value_type_problem(node, value) if key.rsplit('.', 1)[-1] not in TYPE_CHECKED_ELSEWHERE else None
             if problem is not None:
                 wrong_type.append(f'--cfg-options {key}: {problem}')
@@ -317,7 +363,7 @@ def check_cfg_options(cfg: Config, cfg_options: dict) -> dict:
             deferred.append((key, *_typed_parent(cfg, key)))
         else:
             unknown.append(key)
-    lines = list(wrong_type)
+    lines = variables + wrong_type
     if unknown:
         paths = list(_config_paths(cfg._cfg_dict))
         for key in unknown:
@@ -332,6 +378,8 @@ def check_cfg_options(cfg: Config, cfg_options: dict) -> dict:
                      f'{NEW_KEY_PREFIX}KEY=VALUE, e.g. {NEW_KEY_PREFIX}{unknown[0]}=...)')
     elif wrong_type:
         lines.append(f'(to set a value of another type on purpose, write it as {NEW_KEY_PREFIX}KEY=VALUE)')
+    elif variables:
+        lines.append(f'(to set the variable anyway, write it as {NEW_KEY_PREFIX}KEY=VALUE)')
     if lines:
         raise ToolInputError('\n'.join(lines))
     if deferred:

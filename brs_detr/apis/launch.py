@@ -58,6 +58,7 @@ def build_runner(cfg: Config, for_testing: bool = False):
     else:
         runner = RUNNERS.build(cfg)
     check_runner_num_classes(runner, cfg)
+    check_mask_metrics(runner, cfg, 'test_evaluator' if for_testing else 'val_evaluator')
     return runner
 
 
@@ -73,3 +74,48 @@ def check_runner_num_classes(runner, cfg: Config) -> None:
                                 len(found.classes))
 
 
+
+
+#: Evaluator metrics that read predicted masks.
+MASK_METRICS = ('segm', )
+
+
+def _predicts_masks(model) -> bool:
+    """Whether an mmdet detector predicts instance masks (a two-stage detector with a mask branch, an instance
+    segmentor with a mask head, a MaskFormer)."""
+    from mmdet.models.detectors import MaskFormer
+
+    return (bool(getattr(model, 'with_mask', False)) or getattr(model, 'mask_head', None) is not None
+            or isinstance(model, MaskFormer))
+
+
+def _evaluator_metrics(evaluator) -> list:
+    """``[(metric name, evaluator type)]`` of an evaluator config (a dict or a list of them)."""
+    found = []
+    for metric_cfg in evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]:
+        if not isinstance(metric_cfg, dict):
+            continue
+        names = metric_cfg.get('metric', [])
+        for name in [names] if isinstance(names, str) else names:
+            found.append((name, metric_cfg.get('type')))
+    return found
+
+
+def check_mask_metrics(runner, cfg: Config, evaluator_key: str) -> None:
+    """Refuse a mask metric (``segm``) of the evaluator ``evaluator_key`` (``val_evaluator``, ``test_evaluator``)
+    for a model that predicts no masks, before the evaluation it would fail after.
+
+    mmdet's ``CocoMetric`` finds the missing masks only when it computes the metric, after the whole inference (and
+    during training, after the first epoch): ``KeyError: 'segm is not in results'``.
+    """
+    from mmengine.model import BaseTTAModel, is_model_wrapper
+
+    model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+    model = model.module if isinstance(model, BaseTTAModel) else model
+    if _predicts_masks(model):
+        return
+    for name, metric_type in _evaluator_metrics(cfg.get(evaluator_key)):
+        if name in MASK_METRICS:
+            raise ToolInputError(f'{evaluator_key} asks {metric_type} for the {name!r} metric, but the model '
+                                 f'({type(model).__name__}) predicts no masks: evaluate metric=\'bbox\' (e.g. '
+                                 f'--cfg-options {evaluator_key}.metric=bbox), or use a config with a mask head')

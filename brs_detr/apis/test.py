@@ -29,6 +29,7 @@ from mmengine.config import Config, ConfigDict
 from brs_detr.fileio.output_paths import check_output_dir, check_output_file
 from .cli import ToolInputError, check_checkpoint_file, check_config_file, has_display, is_main_launch_process
 from .config_loading import read_config, set_work_dir
+from .run_settings import check_run_settings
 
 #: File suffixes ``--out`` accepts (mmdet's DumpDetResults writes a pickle).
 PICKLE_SUFFIXES = ('.pkl', '.pickle')
@@ -211,6 +212,7 @@ def test(args: argparse.Namespace) -> None:
     check_checkpoint_file(args.checkpoint)
     cfg = read_config(args.config, args.cfg_options)  # light: syntax, _base_, custom_imports, --cfg-options
     cfg.launcher = args.launcher
+    check_run_settings(cfg, TEST_SPLITS)
     set_work_dir(cfg, args.work_dir, args.config)
     check_outputs(args, cfg.work_dir)
     cfg.load_from = args.checkpoint

@@ -30,6 +30,7 @@ from mmengine.config import Config
 from brs_detr.engine.work_dir import WorkDirOwnership
 from .cli import EXIT_NOTES, ToolInputError, check_checkpoint_file, is_main_launch_process
 from .config_loading import read_config, set_work_dir
+from .run_settings import check_run_settings, late_schedule_steps
 
 
 def warn(message: str) -> None:
@@ -95,6 +96,7 @@ def train(args: argparse.Namespace) -> None:
         check_checkpoint_file(args.resume, 'resume checkpoint')
     cfg = read_config(args.config, args.cfg_options)  # light: syntax, _base_, custom_imports, --cfg-options
     cfg.launcher = args.launcher
+    check_run_settings(cfg, validated_splits(cfg))
     set_work_dir(cfg, args.work_dir, args.config)
     if args.resume is None and cfg.get('load_from'):
         check_checkpoint_file(cfg.load_from, 'load_from checkpoint')
@@ -124,6 +126,8 @@ def _train(cfg: Config, args: argparse.Namespace, owner: Optional[WorkDirOwnersh
         enable_auto_scale_lr(cfg, args.config)
     if args.resume is not None:
         set_resume(cfg, args.resume)
+    for late in late_schedule_steps(cfg):
+        warn(late)
     use_resumable_training(cfg)
     guard_non_finite_loss(cfg, args.non_finite_loss, args.max_consecutive_skips)
     check_config_components(cfg)

@@ -1,0 +1,132 @@
+"""The numbers of a run that mmengine, torch or mmdet check only deep inside the run, or never.
+
+Checked after ``--cfg-options`` and before anything is built, each with a one-line error naming the config key:
+
+* the batch size and DataLoader workers of every split the tool reads (torch raises a ``ValueError`` from deep in
+  ``Runner.build_dataloader``, after the model was built);
+* the training length (``train_cfg.max_epochs`` / ``max_iters`` 0 trains nothing and exits 0; a negative one too)
+  and the validation interval;
+* the optimizer's learning rate (a negative or NaN lr is refused by torch only after the model was built; an lr of
+  0 trains nothing and exits 0) and weight decay.
+
+A learning-rate step that falls after the end of training (``param_scheduler`` milestones beyond ``max_epochs``,
+typical after ``--cfg-options train_cfg.max_epochs=N`` on a config that derived its schedule from another length)
+is legitimate but rarely meant: it is logged as a warning naming the scheduler and the length.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+from typing import Any, List, Optional, Sequence
+
+from mmengine.config import Config
+
+from .cli import ToolInputError
+
+#: The dataloader config key of each split.
+DATALOADER_OF_SPLIT = dict(train='train_dataloader', val='val_dataloader', test='test_dataloader')
+#: ``train_cfg`` keys that give the training length, by loop.
+LENGTH_KEYS = ('max_epochs', 'max_iters')
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _dataloader_problems(cfg: Config, splits: Sequence[str]) -> List[str]:
+    problems = []
+    for split in splits:
+        key = DATALOADER_OF_SPLIT[split]
+        loader = cfg.get(key) or {}
+        batch_size = loader.get('batch_size', 1)
+        if not _is_int(batch_size) or batch_size < 1:
+            problems.append(f'{key}.batch_size={batch_size!r}: the images per process and batch must be a positive '
+                            f'integer')
+        workers = loader.get('num_workers', 0)
+        if not _is_int(workers) or workers < 0:
+            problems.append(f'{key}.num_workers={workers!r}: the DataLoader worker processes must be an integer >= 0 '
+                            f'(0 loads in the main process)')
+    return problems
+
+
+def _schedule_problems(train_cfg: dict) -> List[str]:
+    problems = []
+    for key in LENGTH_KEYS:
+        if key in train_cfg and (not _is_int(train_cfg[key]) or train_cfg[key] < 1):
+            problems.append(f'train_cfg.{key}={train_cfg[key]!r}: training must last at least one '
+                            f'{key[len("max_"):-1]} (mmengine trains nothing and reports success)')
+    interval = train_cfg.get('val_interval', 1)
+    if not _is_int(interval) or interval < 1:
+        problems.append(f'train_cfg.val_interval={interval!r}: must be a positive integer (validate every N '
+                        f'epochs/iterations; leave val_cfg/val_dataloader/val_evaluator out to train without it)')
+    return problems
+
+
+def _optimizer_problems(optim_wrapper: dict) -> List[str]:
+    optimizer = optim_wrapper.get('optimizer') or {}
+    problems = []
+    lr = optimizer.get('lr')
+    if lr is not None and (not isinstance(lr, Real) or isinstance(lr, bool) or not math.isfinite(lr) or lr <= 0):
+        problems.append(f'optim_wrapper.optimizer.lr={lr!r}: the learning rate must be a positive finite number '
+                        f'(0 would train without changing a weight)')
+    decay = optimizer.get('weight_decay')
+    if decay is not None and (not isinstance(decay, Real) or isinstance(decay, bool) or not math.isfinite(decay)
+                              or decay < 0):
+        problems.append(f'optim_wrapper.optimizer.weight_decay={decay!r}: must be a finite number >= 0')
+    return problems
+
+
+def check_run_settings(cfg: Config, splits: Sequence[str]) -> None:
+    """Refuse batch sizes, worker counts, training lengths and learning rates no run can use.
+
+    Args:
+        cfg: The config after ``--cfg-options``.
+        splits: The splits the tool reads (``'train'``, ``'val'``, ``'test'``); the training settings are checked
+            when ``'train'`` is among them.
+
+    Raises:
+        ToolInputError: One line per bad setting, each naming its config key and value.
+    """
+    problems = _dataloader_problems(cfg, splits)
+    if 'train' in splits:
+        problems += _schedule_problems(cfg.get('train_cfg') or {})
+        problems += _optimizer_problems(cfg.get('optim_wrapper') or {})
+    if problems:
+        raise ToolInputError('\n'.join(problems))
+
+
+def _training_length(train_cfg: dict) -> Optional[tuple]:
+    """``(length, unit)`` of the training loop (``by_epoch`` schedulers count epochs, others iterations)."""
+    if 'max_epochs' in train_cfg:
+        return train_cfg['max_epochs'], 'epochs'
+    if 'max_iters' in train_cfg:
+        return train_cfg['max_iters'], 'iterations'
+    return None
+
+
+def late_schedule_steps(cfg: Config) -> List[str]:
+    """Learning-rate steps (``milestones``) of the schedulers that no training step reaches.
+
+    Returns:
+        One description per such scheduler, e.g. ``param_scheduler[1] (MultiStepLR) milestones [8, 11] ...``.
+    """
+    length = _training_length(cfg.get('train_cfg') or {})
+    schedulers = cfg.get('param_scheduler') or []
+    schedulers = [schedulers] if isinstance(schedulers, dict) else schedulers
+    if length is None:
+        return []
+    max_length, unit = length
+    late = []
+    for index, scheduler in enumerate(schedulers):
+        milestones = scheduler.get('milestones') if isinstance(scheduler, dict) else None
+        if not milestones:
+            continue
+        counts_epochs = scheduler.get('by_epoch', True)
+        if counts_epochs != (unit == 'epochs'):
+            continue  # an iteration scheduler in an epoch loop: the epoch length is not known here
+        beyond = [step for step in milestones if _is_int(step) and step >= max_length]
+        if beyond:
+            late.append(f'param_scheduler[{index}] ({scheduler.get("type")}) milestones {list(milestones)}: the '
+                        f'steps at {beyond} come at or after the end of training ({max_length} {unit}), so the '
+                        f'learning rate never drops there')
+    return late
