@@ -105,6 +105,10 @@ def test_cfg_options_of_the_wrong_type_or_form(capsys, tmp_path):
                             ('param_scheduler.1.milestones=9', r'param_scheduler.1.milestones: expects a list')):
         with pytest.raises(ToolInputError, match=f'--cfg-options {message}'):
             train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path), '--cfg-options', option])
+    mask_cfg = read_config(str(MASK_CONFIG), {'test_evaluator.metric': 'bbox'})  # mmdet takes a name or a list
+    assert mask_cfg.test_evaluator.metric == 'bbox'
+    with pytest.raises(ToolInputError, match=r'val_evaluator.metric: expects a list .* got an integer'):
+        read_config(str(MASK_CONFIG), {'val_evaluator.metric': 1})
     cfg = read_config(str(TOY_CONFIG), {'+train_cfg.max_epochs': 'two'})
     assert cfg.train_cfg.max_epochs == 'two'  # on purpose
     for item, message in (('train_cfg.max_epochs', 'expected KEY=VALUE'),

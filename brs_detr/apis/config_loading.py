@@ -239,8 +239,8 @@ def value_type_problem(old: Any, new: Any) -> Optional[str]:
     """Why ``new`` cannot replace the config value ``old`` (``None``: it can).
 
     Numbers, True/False, lists and dicts must stay what they are (an integer where the config has a number is
-    fine); ``None`` replaces or is replaced by anything; strings are not checked (``DictAction`` turns ``'1'`` into
-    an integer).
+    fine, and so is one string where the config has a list of strings: ``test_evaluator.metric=bbox``); ``None``
+    replaces or is replaced by anything; strings are not checked (``DictAction`` turns ``'1'`` into an integer).
     """
     if old is None or new is None or isinstance(old, str):
         return None
@@ -251,7 +251,9 @@ def value_type_problem(old: Any, new: Any) -> Optional[str]:
     elif isinstance(old, float):
         fits = isinstance(new, (int, float)) and not isinstance(new, bool)
     elif isinstance(old, (list, tuple)):
-        fits = isinstance(new, (list, tuple))
+        # a string where the config lists strings: mmdet's arguments of this kind take either (metric='bbox')
+        fits = isinstance(new, (list, tuple)) or (isinstance(new, str) and bool(old)
+                                                  and all(isinstance(item, str) for item in old))
     elif isinstance(old, dict):
         fits = isinstance(new, dict)
     else:
