@@ -45,6 +45,9 @@ KNOWN_WARNINGS = (
     'torch.onnx._internal.torchscript_exporter.utils',
     'ignore:Constant folding - Only steps=1 can be constant folded:UserWarning:'
     'torch.onnx._internal.torchscript_exporter',
+    # mmdet's FCNMaskHead copies already activated masks with new_tensor (Cascade Mask R-CNN's merged stages)
+    'ignore:To copy construct from a tensor, it is recommended to use:UserWarning:'
+    'mmdet.models.roi_heads.mask_heads.fcn_mask_head',
 )
 
 

@@ -8,28 +8,26 @@ from mmdet.models.detectors import DeformableDETR, SingleStageDetector, TwoStage
 from .dense_wrapper import DenseDetectorExportWrapper
 from .detr_wrapper import DETRExportWrapper
 from .errors import UnsupportedExportError
+from .two_stage_wrapper import TwoStageDetectorExportWrapper
 
 
 def build_export_wrapper(detector: nn.Module) -> nn.Module:
-    """The ``(image, scale_factor) -> (boxes, scores, labels)`` module to export for ``detector``.
+    """The ``(image, scale_factor) -> (boxes, scores, labels[, masks])`` module to export for ``detector``.
 
     * :class:`DeformableDETR` and subclasses (Co-Deformable-DETR, BRS-DETR): :class:`DETRExportWrapper`.
+    * :class:`TwoStageDetector` (Faster R-CNN, Mask R-CNN, Cascade (Mask) R-CNN and the rank-based ones):
+      :class:`TwoStageDetectorExportWrapper` (``masks`` too for a mask head).
     * :class:`SingleStageDetector` (ATSS, PAA, RetinaNet, ...): :class:`DenseDetectorExportWrapper`.
 
     Raises:
-        UnsupportedExportError: Any other detector; two-stage detectors (Faster/Mask/Cascade R-CNN) are named with
-            the module that stops them.
+        UnsupportedExportError: Any other detector, or a part of a two-stage detector whose test-time computation
+            is not exported (named).
     """
     if isinstance(detector, DeformableDETR):
         return DETRExportWrapper(detector).eval()
     if isinstance(detector, TwoStageDetector):
-        raise UnsupportedExportError(
-            f'{type(detector).__name__} (two-stage): its RoI head ({type(detector.roi_head).__name__} with '
-            f'SingleRoIExtractor) is not exported: the extractor picks each RoI\'s feature level with a Python branch '
-            f'on the number of RoIs per level, which tracing freezes, and mmcv 2.1\'s RoIAlign ONNX symbolic shifts '
-            f'boxes by half a pixel a second time at opset >= 16 (docs/deployment.md). Export a single-stage or '
-            f'DETR model instead')
+        return TwoStageDetectorExportWrapper(detector).eval()
     if isinstance(detector, SingleStageDetector) and not hasattr(detector, 'roi_head'):
         return DenseDetectorExportWrapper(detector).eval()
     raise UnsupportedExportError(f'{type(detector).__name__}: no ONNX export for this detector type (exported: '
-                                 f'DeformableDETR family, single-stage dense detectors)')
+                                 f'DeformableDETR family, two-stage and single-stage dense detectors)')

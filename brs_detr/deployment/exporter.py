@@ -27,12 +27,17 @@ from .dependencies import import_optional
 from .errors import UnsupportedExportError
 from .msda import tensor_msda
 from .nms import UnsupportedNMSError, exportable_nms
+from .roi_align import UnsupportedRoIAlignError, exportable_roi_align
+from .roi_extractor import exportable_roi_extractor
 from .symbolics import fixed_symbolics
 
 INPUT_NAMES = ('image', 'scale_factor')
 OUTPUT_NAMES = ('boxes', 'scores', 'labels')
+#: The extra output of instance segmentation models: (N, H0, W0) bool masks in the original image.
+MASK_OUTPUT_NAMES = OUTPUT_NAMES + ('masks', )
 #: Names of the dynamic axes.
 HEIGHT, WIDTH, NUM_DETECTIONS = 'height', 'width', 'num_detections'
+ORIGINAL_HEIGHT, ORIGINAL_WIDTH = 'original_height', 'original_width'
 #: ONNX domains of the standard operators.
 STANDARD_DOMAINS = ('', 'ai.onnx')
 #: The operator named by torch's "not supported" export errors.
@@ -44,18 +49,25 @@ def export_context() -> Iterator[None]:
     """What an export needs swapped in while tracing.
 
     * mmcv's deformable attention computes in tensors (:func:`~brs_detr.deployment.msda.tensor_msda`);
-    * mmcv's NMS gets an ONNX symbolic (:func:`~brs_detr.deployment.nms.exportable_nms`);
+    * mmcv's NMS gets an ONNX symbolic (:func:`~brs_detr.deployment.nms.exportable_nms`), and so does its RoIAlign,
+      one that agrees with its kernel at opset >= 16 (:func:`~brs_detr.deployment.roi_align.exportable_roi_align`);
+    * mmdet's ``SingleRoIExtractor`` pools every FPN level, with or without RoIs
+      (:func:`~brs_detr.deployment.roi_extractor.exportable_roi_extractor`);
     * ``torch.onnx.is_in_onnx_export()`` reads False for mmdet's code: mmdet 3.3's ONNX branches are leftovers of
       mmdet 2 (they import ``mmdet.core``, which no longer exists, and pad NMS inputs with dummy boxes for TensorRT);
       the eager branches are the code ``predict`` runs, and they trace.
     """
-    with tensor_msda(), exportable_nms(), mock.patch.object(torch.onnx, 'is_in_onnx_export', lambda: False):
+    with tensor_msda(), exportable_nms(), exportable_roi_align(), exportable_roi_extractor(), \
+            mock.patch.object(torch.onnx, 'is_in_onnx_export', lambda: False):
         yield
 
 
 def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, opset: int = DEFAULT_OPSET,
                 dynamic_shape: bool = False) -> List[str]:
-    """Export ``wrapper`` (``(image, scale_factor) -> (boxes, scores, labels)``) to ``path`` and check it.
+    """Export ``wrapper`` (``(image, scale_factor) -> (boxes, scores, labels[, masks])``) to ``path`` and check it.
+
+    The outputs are named by ``wrapper.output_names`` (default :data:`OUTPUT_NAMES`; :data:`MASK_OUTPUT_NAMES` for
+    instance segmentation).
 
     The file is written atomically (a temporary file in the same folder, checked, then renamed).
 
@@ -78,7 +90,10 @@ def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, o
     if opset < MIN_OPSET:
         raise UnsupportedExportError(f'--opset {opset}: deformable attention and the exported graphs need ONNX '
                                      f'GridSample, opset >= {MIN_OPSET}')
-    dynamic_axes = {name: {0: NUM_DETECTIONS} for name in OUTPUT_NAMES}
+    output_names = tuple(getattr(wrapper, 'output_names', OUTPUT_NAMES))
+    dynamic_axes = {name: {0: NUM_DETECTIONS} for name in output_names}
+    if output_names == MASK_OUTPUT_NAMES:
+        dynamic_axes[MASK_OUTPUT_NAMES[-1]].update({1: ORIGINAL_HEIGHT, 2: ORIGINAL_WIDTH})
     if dynamic_shape:
         dynamic_axes[INPUT_NAMES[0]] = {2: HEIGHT, 3: WIDTH}
     folder = osp.dirname(osp.abspath(path))
@@ -89,9 +104,9 @@ def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, o
         with export_context(), fixed_symbolics(opset), collect_tracer_warnings() as caught, torch.no_grad():
             try:
                 torch.onnx.export(wrapper, example, temporary, dynamo=False, opset_version=opset,
-                                  input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
+                                  input_names=list(INPUT_NAMES), output_names=list(output_names),
                                   dynamic_axes=dynamic_axes)
-            except UnsupportedNMSError as error:
+            except (UnsupportedNMSError, UnsupportedRoIAlignError) as error:
                 raise UnsupportedExportError(str(error)) from error
             except (torch.onnx.errors.OnnxExporterError, RuntimeError) as error:
                 raise UnsupportedExportError(_export_failure(error)) from error

@@ -11,7 +11,7 @@ from mmengine.structures import InstanceData
 
 from brs_detr.apis.cli import ToolInputError
 from .dependencies import import_optional
-from .exporter import INPUT_NAMES, OUTPUT_NAMES
+from .exporter import INPUT_NAMES, MASK_OUTPUT_NAMES, OUTPUT_NAMES
 from .inputs import ResizedImage, build_test_pipeline, load_resized
 
 #: onnxruntime execution providers per torch device type.
@@ -23,7 +23,7 @@ class ONNXRuntimeDetector:
 
     Args:
         onnx_file (str): The ``.onnx`` file (inputs ``image``, ``scale_factor``; outputs ``boxes``, ``scores``,
-            ``labels``).
+            ``labels``, and ``masks`` for instance segmentation models).
         cfg (Config): The config the model was exported from (its test pipeline resizes the images).
         device (str): ``'cpu'`` or ``'cuda'``/``'cuda:N'`` (needs onnxruntime-gpu).
         num_threads (int, optional): onnxruntime's intra-op threads (default: torch's thread count, so that
@@ -54,16 +54,19 @@ class ONNXRuntimeDetector:
         inputs = self.session.get_inputs()
         names = tuple(node.name for node in inputs)
         outputs = tuple(node.name for node in self.session.get_outputs())
-        if names != INPUT_NAMES or outputs != OUTPUT_NAMES:
+        if names != INPUT_NAMES or outputs not in (OUTPUT_NAMES, MASK_OUTPUT_NAMES):
             raise ToolInputError(f'{onnx_file} has inputs {names} and outputs {outputs}: not a model exported by '
-                                 f'tools/deployment/pytorch2onnx.py (inputs {INPUT_NAMES}, outputs {OUTPUT_NAMES})')
+                                 f'tools/deployment/pytorch2onnx.py (inputs {INPUT_NAMES}, outputs {OUTPUT_NAMES} '
+                                 f'or {MASK_OUTPUT_NAMES})')
+        self.with_masks = outputs == MASK_OUTPUT_NAMES
         height, width = inputs[0].shape[2:]
         self.static_shape = (height, width) if isinstance(height, int) and isinstance(width, int) else None
         self.onnx_file = onnx_file
         self.pipeline = build_test_pipeline(cfg)
 
-    def run(self, image: ResizedImage) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """boxes (N, 4) in original pixels, scores (N,), labels (N,) of one resized image.
+    def run(self, image: ResizedImage) -> Tuple[np.ndarray, ...]:
+        """boxes (N, 4) in original pixels, scores (N,), labels (N,) of one resized image, and for a mask model
+        masks (N, H0, W0) bool in the original image.
 
         Raises:
             ToolInputError: The model has a static input size and the image resizes to another one.
@@ -73,9 +76,7 @@ class ONNXRuntimeDetector:
                                  f'but {self.onnx_file} was exported for {self.static_shape[0]}x{self.static_shape[1]} '
                                  f'inputs only; export with --dynamic-shape')
         pixels, scale_factor = image.graph_inputs()
-        boxes, scores, labels = self.session.run(None, {INPUT_NAMES[0]: pixels.numpy(),
-                                                        INPUT_NAMES[1]: scale_factor.numpy()})
-        return boxes, scores, labels
+        return tuple(self.session.run(None, {INPUT_NAMES[0]: pixels.numpy(), INPUT_NAMES[1]: scale_factor.numpy()}))
 
     def predict(self, image: Union[str, np.ndarray, ResizedImage]) -> InstanceData:
         """Detections of an image file, a BGR array or a :class:`ResizedImage`, as ``predict`` returns them."""
@@ -84,10 +85,14 @@ class ONNXRuntimeDetector:
         return to_instances(*self.run(image))
 
 
-def to_instances(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray) -> InstanceData:
-    """mmdet's prediction structure (``bboxes``, ``scores``, ``labels`` as tensors) of the graph's outputs."""
+def to_instances(boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray,
+                 masks: Optional[np.ndarray] = None) -> InstanceData:
+    """mmdet's prediction structure (``bboxes``, ``scores``, ``labels`` and, for mask models, ``masks`` (N, H0, W0)
+    bool, as tensors) of the graph's outputs."""
     instances = InstanceData()
     instances.bboxes = torch.from_numpy(boxes)
     instances.scores = torch.from_numpy(scores)
     instances.labels = torch.from_numpy(labels)
+    if masks is not None:
+        instances.masks = torch.from_numpy(masks)
     return instances

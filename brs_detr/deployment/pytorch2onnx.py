@@ -11,7 +11,7 @@ from brs_detr.apis.launch import load_config
 from .builder import build_export_wrapper
 from .dependencies import import_optional
 from .detector import load_detector, load_weights
-from .defaults import MIN_OPSET
+from .defaults import MASK_MIN_IOU, MIN_OPSET
 from .exporter import export_onnx
 from .inputs import ResizedImage, build_test_pipeline, default_shape, load_resized, synthetic_images
 from .ort_runner import ONNXRuntimeDetector
@@ -83,5 +83,5 @@ def run(args: argparse.Namespace) -> int:
         print(f'onnxruntime differs from PyTorch on {len(failed)} of {len(rows)} image(s): {", ".join(failed)}')
         return 1
     print(f'onnxruntime matches PyTorch on {len(rows)} image(s) (top {args.top_k}: same labels and order, boxes '
-          f'within 1e-3 relative)')
+          f'within 1e-3 relative' + (f', mask IoU >= {MASK_MIN_IOU}' if runner.with_masks else '') + ')')
     return 0

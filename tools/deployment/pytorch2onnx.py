@@ -8,8 +8,9 @@ Usage::
 
 The graph takes one image resized by the config's test pipeline (``image``: 1x3xHxW float BGR 0-255) and its
 ``scale_factor`` (w_scale, h_scale), and returns ``boxes`` (N, 4: x1 y1 x2 y2 in original image pixels), ``scores``
-(N) and ``labels`` (N) with the model's post-processing inside. After the export: ``onnx.checker``, then onnxruntime
-(CPU) against the PyTorch model on the --images (or synthetic images); exit status 1 if they differ.
+(N) and ``labels`` (N) with the model's post-processing inside, and for Mask R-CNN ``masks`` (N, H0, W0 bool in the
+original image). After the export: ``onnx.checker``, then onnxruntime (CPU) against the PyTorch model on the
+--images (or synthetic images); exit status 1 if they differ.
 The logic lives in :mod:`brs_detr.deployment.pytorch2onnx`; docs/deployment.md describes it.
 """
 from __future__ import annotations
