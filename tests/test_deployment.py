@@ -329,7 +329,6 @@ def test_benchmark_tool_arguments_are_checked(capsys):
     CONFIGS_DIR / 'co_deformable_detr' / 'co_deformable_detr_r50_8xb2-12e_coco.py',
     CONFIGS_DIR / 'rank_based' / 'brs-atss_r50_fpn_4xb4-12e_coco.py',
     CONFIGS_DIR / 'rank_based' / 'brs-paa_r50_fpn_4xb4-12e_coco.py',
-    CONFIGS_DIR / 'rank_based' / 'brs-faster-rcnn_r50_fpn_4xb4-12e_coco.py',
     CONFIGS_DIR / 'rank_based' / 'brs-mask-rcnn_r50_fpn_4xb4-12e_coco.py',
 ])
 def test_r50_configs_export_and_match(config, tmp_path):
