@@ -79,7 +79,8 @@ def load_tool_module(name: str) -> ModuleType:
 
 @pytest.fixture(autouse=True)
 def mmdet_default_scope() -> Iterator[None]:
-    """Run every test in mmdet's default registry scope and drop the scopes it creates afterwards.
+    """Run every test in mmdet's default registry scope (and with a current MMLogger that can write: see
+    :func:`use_a_logger_that_can_write`) and drop the scopes it creates afterwards.
 
     mmengine keeps the most recently created ``DefaultScope`` as the current one for the whole process: a Runner built
     by one test (``default_scope='mmengine'`` when its config names none) would otherwise make the registries of the
@@ -91,8 +92,27 @@ def mmdet_default_scope() -> Iterator[None]:
         yield
         return
     from mmengine.registry import DefaultScope
+    use_a_logger_that_can_write()
     with DefaultScope.overwrite_default_scope('mmdet'):
         yield
+
+
+def use_a_logger_that_can_write() -> None:
+    """Make a new current MMLogger when the current one writes to a closed stream.
+
+    The current MMLogger of the process prints to the ``sys.stdout`` of the moment it was created: created under an
+    earlier test's ``capsys``, it writes to that test's closed capture, and every later log line in the worker ends
+    in ``--- Logging error ---`` on stderr (which a test of a tool's one-line error then reads).
+    """
+    import logging
+    import uuid
+
+    from mmengine.logging import MMLogger
+
+    streams = [getattr(handler, 'stream', None) for handler in MMLogger.get_current_instance().handlers
+               if isinstance(handler, logging.StreamHandler)]
+    if any(getattr(stream, 'closed', False) for stream in streams):
+        MMLogger.get_instance(f'test_{uuid.uuid4().hex}')
 
 
 @pytest.fixture(scope='session')
