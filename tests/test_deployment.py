@@ -329,9 +329,12 @@ def test_benchmark_tool_arguments_are_checked(capsys):
     CONFIGS_DIR / 'co_deformable_detr' / 'co_deformable_detr_r50_8xb2-12e_coco.py',
     CONFIGS_DIR / 'rank_based' / 'brs-atss_r50_fpn_4xb4-12e_coco.py',
     CONFIGS_DIR / 'rank_based' / 'brs-paa_r50_fpn_4xb4-12e_coco.py',
-    CONFIGS_DIR / 'rank_based' / 'brs-mask-rcnn_r50_fpn_4xb4-12e_coco.py',
 ])
 def test_r50_configs_export_and_match(config, tmp_path):
     """The published R50 models (random weights) export and agree with PyTorch; 320x480 inputs keep it short (the
-    graph is the same at the COCO test size: docs/deployment.md has the 800x1067 runs of the tool)."""
+    graph is the same at the COCO test size: docs/deployment.md has the 800x1067 runs of the tool).
+
+    The R50 two-stage configs are left to the tool's runs in docs/deployment.md (Mask R-CNN alone took 69 s here,
+    the largest share of the suite's time); tests/test_two_stage_deployment.py checks their graph on tiny models.
+    """
     export_and_compare(config, tmp_path, (320, 480), [(320, 480)], dynamic=False)
