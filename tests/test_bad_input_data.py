@@ -226,6 +226,13 @@ def test_duplicate_and_dangling_ids(toy):
     save(toy, content)
     with pytest.raises(DataCheckError, match='refers to image id 99, which is not in "images"'):
         check_train(toy)
+    content = annotations(toy)
+    first = content['categories'][0]
+    content['categories'].append(dict(first, name='renamed'))  # pycocotools would read both as 'renamed'
+    save(toy, content)
+    with pytest.raises(DataCheckError, match=rf"category id {first['id']} is used twice \({first['name']} and "
+                       r"renamed\); pycocotools keeps only the last"):
+        check_train(toy)
 
 
 def test_check_datasets_walks_the_config_splits_and_evaluator(toy, tmp_path):

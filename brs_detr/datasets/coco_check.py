@@ -154,6 +154,10 @@ def _check_categories(ann_file: str, categories: List[dict], classes: Sequence[s
     for position, category in enumerate(categories):
         if not isinstance(category, dict) or 'id' not in category or 'name' not in category:
             raise DataCheckError(f'{ann_file}: categories[{position}] needs "id" and "name", got {category!r}')
+        if category['id'] in names:
+            raise DataCheckError(f'{ann_file}: category id {category["id"]} is used twice ({names[category["id"]]} '
+                                 f'and {category["name"]}); pycocotools keeps only the last, so the annotations of '
+                                 f'both would train as {category["name"]}')
         names[category['id']] = category['name']
     file_names = [category['name'] for category in categories]
     _check_unique_class_names(ann_file, categories, classes)
