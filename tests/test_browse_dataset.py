@@ -124,6 +124,22 @@ def test_max_samples_and_cfg_options(dataset_root, tmp_path, monkeypatch):
         check_drawing(read_rgb(tmp_path / f'{stem}.png'), image, boxes, labels, PALETTE, CLASSES)
 
 
+def test_the_training_set_is_checked_before_drawing(dataset_root, tmp_path, monkeypatch):
+    """A missing annotation file is named by the data check, as tools/train.py names it (mmdet: pycocotools'
+    FileNotFoundError traceback); --skip-data-check leaves it to mmdet."""
+    from brs_detr.apis import browse_dataset
+    from brs_detr.datasets.coco_check import DataCheckError
+
+    monkeypatch.chdir(dataset_root.parents[1])
+    cfg = Config.fromfile(ATSS_CONFIG)
+    cfg.train_dataloader.dataset.ann_file = 'annotations/missing.json'
+    with pytest.raises(DataCheckError, match='annotation file not found: data/toy_coco/annotations/missing.json'):
+        browse_dataset(cfg, output_dir=str(tmp_path), progress=False)
+    with pytest.raises(FileNotFoundError):
+        browse_dataset(cfg, output_dir=str(tmp_path), progress=False, check_data=False)
+    assert not list(tmp_path.iterdir())
+
+
 def test_repeated_samples_get_distinct_files(dataset_root, tmp_path, monkeypatch):
     """A RepeatDataset shows every image twice: the second drawing gets <stem>_<index>.png instead of overwriting."""
     from brs_detr.apis import browse_dataset

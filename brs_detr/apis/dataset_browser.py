@@ -16,7 +16,7 @@ from mmdet.structures import DetDataSample
 from mmdet.structures.bbox import BaseBoxes
 from mmdet.visualization import DetLocalVisualizer
 
-from brs_detr.datasets.data_check import use_checked_loading
+from brs_detr.datasets.data_check import check_datasets, use_checked_loading
 from .config_loading import check_config_components
 from .drawing import visualizer_config, write_png
 
@@ -60,7 +60,8 @@ def browse_dataset(cfg: Config,
                    show: bool = False,
                    show_interval: float = 2,
                    max_samples: Optional[int] = None,
-                   progress: bool = True) -> List[str]:
+                   progress: bool = True,
+                   check_data: bool = True) -> List[str]:
     """Draw each sample of ``cfg.train_dataloader.dataset`` after its pipeline, with its ground truth.
 
     As mmdet's ``browse_dataset.py`` (boxes, class names, masks where the pipeline loads them), except: the samples
@@ -76,6 +77,9 @@ def browse_dataset(cfg: Config,
         show_interval: Seconds each image is shown.
         max_samples: Draw at most this many samples (``None``: all).
         progress: Print a progress bar.
+        check_data: Check the training set first, as ``tools/train.py`` does
+            (:func:`~brs_detr.datasets.data_check.check_datasets`: a missing or broken annotation file or image is
+            named before anything is drawn).
 
     Returns:
         The written files, in dataset order.
@@ -83,6 +87,8 @@ def browse_dataset(cfg: Config,
     init_default_scope(cfg.get('default_scope', 'mmdet'))
     check_config_components(cfg)
     use_checked_loading(cfg, ('train', ))  # the image loader and dataset of tools/train.py
+    if check_data:
+        check_datasets(cfg, ('train', ))
     dataset = DATASETS.build(cfg.train_dataloader.dataset)
     visualizer = build_visualizer(cfg, dataset.metainfo)
     num_samples = len(dataset) if max_samples is None else min(max_samples, len(dataset))

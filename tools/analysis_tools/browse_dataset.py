@@ -3,7 +3,8 @@
 Usage::
 
     python tools/analysis_tools/browse_dataset.py CONFIG [--output-dir DIR] [--not-show] [--show-interval S]
-                                                  [--max-samples N] [--cfg-options KEY=VALUE ...] [--debug]
+                                                  [--max-samples N] [--skip-data-check]
+                                                  [--cfg-options KEY=VALUE ...] [--debug]
 
 Every sample of ``train_dataloader.dataset`` goes through the training pipeline (resize, flip, crops, ...) and is
 drawn with its ground truth (boxes with class names; masks when the pipeline loads them) into ``DIR/<stem>.png``.
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('--not-show', action='store_true', help='do not show the samples in a window')
     parser.add_argument('--show-interval', type=float, default=2, help='seconds each sample is shown')
     parser.add_argument('--max-samples', type=int, help='draw at most this many samples (default: all)')
+    parser.add_argument('--skip-data-check', action='store_true',
+                        help='do not check the training set before drawing (as tools/train.py --skip-data-check)')
     add_cfg_options_argument(parser, 'override config keys, as xxx=yyy pairs, e.g. '
                              'train_dataloader.dataset.pipeline.3.prob=0.0 (the key must exist in the config and the '
                              'value keep its type; write +key=value to add a new one)')
@@ -55,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                   logger='current')
         show = False
     written = browse_dataset(cfg, output_dir=args.output_dir, show=show, show_interval=args.show_interval,
-                             max_samples=args.max_samples)
+                             max_samples=args.max_samples, check_data=not args.skip_data_check)
     if args.output_dir is not None:
         print(f'\n{len(written)} sample(s) drawn into {args.output_dir}')
 
