@@ -161,6 +161,23 @@ def test_run_settings_no_run_can_use_are_refused_before_the_work(option, message
         check_run_settings(read_config(str(TOY_CONFIG), {'val_dataloader.num_workers': -1}), ['test'])
 
 
+@pytest.mark.parametrize('launcher, message', [
+    ('pytorch', r"--launcher pytorch needs the environment variables \['RANK', 'WORLD_SIZE', 'MASTER_ADDR', "
+                r"'MASTER_PORT'\]; start the tool with tools/dist_train.sh"),
+    ('slurm', r"--launcher slurm needs the environment variables \['SLURM_PROCID', 'SLURM_NTASKS', "
+              r"'SLURM_NODELIST'\], which srun sets for each task"),
+])
+def test_launcher_without_its_environment(launcher, message, tmp_path, in_toy_root, capsys, monkeypatch):
+    """A distributed launcher started by hand (not by torchrun/srun): one line naming the missing variables
+    (mmengine: ``KeyError: 'SLURM_PROCID'``), before the work_dir is written."""
+    for name in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT', 'SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST'):
+        monkeypatch.delenv(name, raising=False)
+    status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--launcher',
+                                              launcher, '--skip-data-check'], capsys)
+    assert status == 2 and re.search(f'^train.py: error: {message}', err, re.MULTILINE), err
+    assert not list((tmp_path / 'wd').glob('*.pth'))
+
+
 def test_learning_rate_steps_after_the_end_of_training_are_named():
     cfg = read_config(str(TOY_CONFIG), {'train_cfg.max_epochs': 9})
     assert late_schedule_steps(cfg) == [

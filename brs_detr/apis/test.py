@@ -26,6 +26,7 @@ from typing import Optional, Sequence
 
 from mmengine.config import Config, ConfigDict
 
+from brs_detr.engine.dist import check_launch_environment
 from brs_detr.fileio.output_paths import check_output_dir, check_output_file
 from .cli import ToolInputError, check_checkpoint_file, check_config_file, has_display, is_main_launch_process
 from .config_loading import read_config, set_work_dir
@@ -213,6 +214,7 @@ def test(args: argparse.Namespace) -> None:
     cfg = read_config(args.config, args.cfg_options)  # light: syntax, _base_, custom_imports, --cfg-options
     cfg.launcher = args.launcher
     check_run_settings(cfg, TEST_SPLITS)
+    check_launch_environment(cfg.launcher)
     set_work_dir(cfg, args.work_dir, args.config)
     check_outputs(args, cfg.work_dir)
     cfg.load_from = args.checkpoint

@@ -27,6 +27,7 @@ from typing import Optional
 
 from mmengine.config import Config
 
+from brs_detr.engine.dist import check_launch_environment
 from brs_detr.engine.work_dir import WorkDirOwnership
 from .cli import EXIT_NOTES, ToolInputError, check_checkpoint_file, is_main_launch_process
 from .config_loading import read_config, set_work_dir
@@ -97,6 +98,7 @@ def train(args: argparse.Namespace) -> None:
     cfg = read_config(args.config, args.cfg_options)  # light: syntax, _base_, custom_imports, --cfg-options
     cfg.launcher = args.launcher
     check_run_settings(cfg, validated_splits(cfg))
+    check_launch_environment(cfg.launcher)
     set_work_dir(cfg, args.work_dir, args.config)
     if args.resume is None and cfg.get('load_from'):
         check_checkpoint_file(cfg.load_from, 'load_from checkpoint')

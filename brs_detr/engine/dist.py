@@ -22,6 +22,8 @@ from mmengine.config import Config, ConfigDict
 DEFAULT_MASTER_PORT = '29500'
 #: Environment variables torch.distributed's ``env://`` initialisation reads.
 ENV_RENDEZVOUS_VARIABLES = ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT')
+#: The SLURM variables the slurm launcher derives them from (set by ``srun`` for each task).
+SLURM_VARIABLES = ('SLURM_PROCID', 'SLURM_NTASKS', 'SLURM_NODELIST')
 
 
 class LauncherError(RuntimeError):
@@ -52,6 +54,28 @@ def _set_slurm_env(dist_cfg: dict) -> None:
     os.environ['RANK'] = str(proc_id)
 
 
+def check_launch_environment(launcher: str) -> None:
+    """Refuse a distributed ``launcher`` whose process was not started by its launcher (torchrun, srun).
+
+    Light (no torch), so the tools call it before any heavy work; mmengine would fail with ``KeyError: 'RANK'`` /
+    ``'SLURM_PROCID'`` once it initialises the process group.
+
+    Raises:
+        LauncherError: Names the missing environment variables and how to start the tool.
+    """
+    if launcher == 'pytorch':
+        missing = [name for name in ENV_RENDEZVOUS_VARIABLES if name not in os.environ]
+        if missing:
+            raise LauncherError(f'--launcher pytorch needs the environment variables {missing}; start the tool '
+                                'with tools/dist_train.sh / tools/dist_test.sh (torchrun)')
+    elif launcher == 'slurm':
+        missing = [name for name in SLURM_VARIABLES if name not in os.environ]
+        if missing:
+            raise LauncherError(f'--launcher slurm needs the environment variables {missing}, which srun sets for '
+                                'each task: start the tool with srun (tools/slurm_train.sh, tools/slurm_test.sh), '
+                                'or use --launcher pytorch (tools/dist_train.sh)')
+
+
 def setup_distributed_without_cuda(cfg: Config) -> None:
     """Make a distributed launch work on a machine without CUDA.
 
@@ -77,15 +101,12 @@ def setup_distributed_without_cuda(cfg: Config) -> None:
                       level=logging.WARNING)
         backend = 'gloo'
         dist_cfg.backend = backend
+    check_launch_environment(cfg.launcher)
     if cfg.launcher == 'slurm':
         _set_slurm_env(dist_cfg)
     elif cfg.launcher != 'pytorch':
         raise LauncherError(f'--launcher {cfg.launcher} needs CUDA; on CPU use --launcher pytorch '
                             '(tools/dist_train.sh) or slurm')
-    missing = [k for k in ENV_RENDEZVOUS_VARIABLES if k not in os.environ]
-    if missing:
-        raise LauncherError(f'--launcher {cfg.launcher} needs the environment variables {missing}; start the tool '
-                            'with tools/dist_train.sh / tools/dist_test.sh (torchrun) or srun')
     if not torch_dist.is_initialized():
         torch_dist.init_process_group(backend=backend, **_dist_kwargs(dist_cfg))
     wrapper_cfg = cfg.get('model_wrapper_cfg') or ConfigDict(type='MMDistributedDataParallel')
