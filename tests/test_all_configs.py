@@ -5,7 +5,8 @@ under a ``_base_`` folder (model, dataset or schedule parts, not complete config
 
 0. with other classes in every dataset's ``metainfo``, every head of the model follows them (``num_classes``);
 1. ``read_config`` (``Config.fromfile`` with its ``custom_imports``, ``num_classes='from_dataset'`` kept) and every
-   head's ``num_classes`` resolved from the datasets (``resolve_num_classes``, as the tools load configs),
+   head's ``num_classes`` resolved from the datasets (``resolve_num_classes``, as the tools load configs), the
+   settings the tools refuse (``brs_detr.apis.run_settings.check_run_settings``: batch sizes, packing pipelines, ...),
    ``MODELS.build`` and ``init_weights`` of the model (as the runner initialises it), with every ``Pretrained``
    ``init_cfg`` dropped and ``load_from`` ignored (no weights can be downloaded here) and the RPN's training
    proposals capped at :data:`TEST_PROPOSALS_PER_IMAGE` per image (the images are tiny);
@@ -46,6 +47,8 @@ from mmengine.runner import set_random_seed
 
 from mmdet.registry import MODELS
 from mmdet.testing import demo_mm_inputs
+from brs_detr.apis.cli import ToolInputError
+from brs_detr.apis.run_settings import check_run_settings
 from brs_detr.datasets.num_classes import dataset_leaves, load_config, read_config, resolve_num_classes
 from mmdet.utils import register_all_modules
 from state_dict_layouts import random_state_dict
@@ -268,6 +271,7 @@ def check_config(path: Path, pipeline_folder: Path) -> Dict[str, object]:
     cfg = read_config(str(path))  # num_classes='from_dataset' kept
     check_heads_follow_the_classes(cfg)
     resolve_num_classes(cfg)  # what load_config does: the tools' path
+    check_run_settings(cfg, [split for split in ('train', 'val', 'test') if cfg.get(f'{split}_dataloader')])
     drop_pretrained_weights(cfg.model)
     shrink_proposals(cfg.model)
     set_random_seed(SEED)
@@ -391,13 +395,15 @@ def test_the_check_passes_a_valid_derived_config(tmp_path, pipeline_folder, body
     (f"model = dict(bbox_head=dict({RANK_BASED_HEAD}, loss_bbox=dict(type='GIoULoss', loss_weight=2.0)))",
      ValueError, 'loss_weight=2.0 has no effect'),  # a weight that value matching would silently ignore
     ("optim_wrapper = dict(optimizer=dict(type='NoSuchOptimizer'))", TypeError, 'None is not a callable'),
-    ("optim_wrapper = dict(optimizer=dict(lr=float('inf')))", AssertionError, 'made parameters non-finite'),
-    ("train_dataloader = dict(dataset=dict(pipeline=[dict(type='NoSuchTransform')]))", KeyError,
-     'NoSuchTransform is not in the'),
+    ("optim_wrapper = dict(optimizer=dict(lr=float('inf')))", ToolInputError, 'lr=inf: the learning rate must be'),
+    ("train_dataloader = dict(dataset=dict(pipeline=[dict(type='NoSuchTransform'), dict(type='PackDetInputs')]))",
+     KeyError, 'NoSuchTransform is not in the'),
+    ("train_dataloader = dict(dataset=dict(pipeline=[dict(type='LoadImageFromFile')]))", ToolInputError,
+     'does not end in PackDetInputs'),
 ], ids=['unknown-backbone', 'bad-argument', 'rejected-loss-weight', 'unknown-optimizer', 'infinite-lr',
-        'unknown-transform'])
+        'unknown-transform', 'unpacked-pipeline'])
 def test_the_check_fails_on_a_broken_config(tmp_path, pipeline_folder, body, error, message):
-    """A config that does not build, cannot step, steps to non-finite weights or has a broken pipeline fails
-    :func:`check_config`, the code path of every config's test."""
+    """A config that does not build, cannot step, has a setting the tools refuse (an infinite lr, a pipeline that
+    does not pack) or a broken pipeline fails :func:`check_config`, the code path of every config's test."""
     with pytest.raises(error, match=message):
         check_config(_derived_config(tmp_path, body), pipeline_folder)

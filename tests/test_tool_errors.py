@@ -178,6 +178,19 @@ def test_launcher_without_its_environment(launcher, message, tmp_path, in_toy_ro
     assert not list((tmp_path / 'wd').glob('*.pth'))
 
 
+def test_a_pipeline_that_does_not_pack_the_samples_is_refused():
+    """Without PackDetInputs mmdet's data preprocessor fails on the first batch (``KeyError: 'inputs'``); a wrapper
+    that packs for its dataset (MultiImageMixDataset) counts (every shipped config passes: tests/test_all_configs.py)."""
+    cfg = read_config(str(TOY_CONFIG))
+    cfg.train_dataloader.dataset.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
+    with pytest.raises(ToolInputError, match=r'train_dataloader.dataset.pipeline \(LoadImageFromFile, '
+                       r'LoadAnnotations\) does not end in PackDetInputs'):
+        check_run_settings(cfg, ['train'])
+    cfg.train_dataloader.dataset = dict(type='MultiImageMixDataset', dataset=cfg.train_dataloader.dataset,
+                                        pipeline=[dict(type='PackDetInputs')])
+    check_run_settings(cfg, ['train'])
+
+
 def test_learning_rate_steps_after_the_end_of_training_are_named():
     cfg = read_config(str(TOY_CONFIG), {'train_cfg.max_epochs': 9})
     assert late_schedule_steps(cfg) == [

@@ -3,7 +3,8 @@
 Checked after ``--cfg-options`` and before anything is built, each with a one-line error naming the config key:
 
 * the batch size and DataLoader workers of every split the tool reads (torch raises a ``ValueError`` from deep in
-  ``Runner.build_dataloader``, after the model was built);
+  ``Runner.build_dataloader``, after the model was built), and that its pipeline packs the samples for the model
+  (without ``PackDetInputs`` the data preprocessor fails on the first batch with ``KeyError: 'inputs'``);
 * the training length (``train_cfg.max_epochs`` / ``max_iters`` 0 trains nothing and exits 0; a negative one too)
   and the validation interval;
 * the optimizer's learning rate (a negative or NaN lr is refused by torch only after the model was built; an lr of
@@ -25,6 +26,9 @@ from .cli import ToolInputError
 
 #: The dataloader config key of each split.
 DATALOADER_OF_SPLIT = dict(train='train_dataloader', val='val_dataloader', test='test_dataloader')
+#: What the name of a transform that packs samples for the model contains (mmdet's ``PackDetInputs``,
+#: ``PackTrackInputs``, ...).
+PACKING_TRANSFORM = 'Pack'
 #: ``train_cfg`` keys that give the training length, by loop.
 LENGTH_KEYS = ('max_epochs', 'max_iters')
 
@@ -46,6 +50,31 @@ def _dataloader_problems(cfg: Config, splits: Sequence[str]) -> List[str]:
         if not _is_int(workers) or workers < 0:
             problems.append(f'{key}.num_workers={workers!r}: the DataLoader worker processes must be an integer >= 0 '
                             f'(0 loads in the main process)')
+    return problems
+
+
+def _pipelines(dataset_cfg: Any) -> List[list]:
+    """The ``pipeline`` of a dataset config and of every dataset it wraps."""
+    if not isinstance(dataset_cfg, dict):
+        return []
+    found = [dataset_cfg['pipeline']] if isinstance(dataset_cfg.get('pipeline'), (list, tuple)) else []
+    children = dataset_cfg.get('datasets') if isinstance(dataset_cfg.get('datasets'), (list, tuple)) else [
+        dataset_cfg.get('dataset')]
+    for child in children:
+        found += _pipelines(child)
+    return found
+
+
+def _pipeline_problems(cfg: Config, splits: Sequence[str]) -> List[str]:
+    problems = []
+    for split in splits:
+        key = DATALOADER_OF_SPLIT[split]
+        pipelines = _pipelines((cfg.get(key) or {}).get('dataset'))
+        types = [str(t.get('type')) for pipeline in pipelines for t in pipeline if isinstance(t, dict)]
+        if pipelines and not any(PACKING_TRANSFORM in name for name in types):
+            problems.append(f'{key}.dataset.pipeline ({", ".join(types) or "empty"}) does not end in PackDetInputs: '
+                            f'the model would get no inputs (mmdet fails on the first batch with KeyError: '
+                            f"'inputs'); end it with dict(type='PackDetInputs')")
     return problems
 
 
@@ -87,7 +116,7 @@ def check_run_settings(cfg: Config, splits: Sequence[str]) -> None:
     Raises:
         ToolInputError: One line per bad setting, each naming its config key and value.
     """
-    problems = _dataloader_problems(cfg, splits)
+    problems = _dataloader_problems(cfg, splits) + _pipeline_problems(cfg, splits)
     if 'train' in splits:
         problems += _schedule_problems(cfg.get('train_cfg') or {})
         problems += _optimizer_problems(cfg.get('optim_wrapper') or {})
