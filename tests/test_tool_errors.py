@@ -76,7 +76,11 @@ def test_config_mistakes_name_the_file_and_line(tmp_path):
             custom_imports = dict(imports=['brs_detr', 'no_such_module'], allow_failed_imports=False)
             '''): r'imports.py: custom_imports: there is no module \'no_such_module\' on the Python path',
         tmp_path / 'weights.pth': r'weights.pth is not a config file: expected .py/.json/.yaml/.yml \(a checkpoint\? ',
+        config_file(tmp_path, 'cycle_a.py', "_base_ = ['./cycle_b.py']\n"):
+            rf'cycle_a.py: its _base_ files include each other: {tmp_path}/cycle_a.py -> {tmp_path}/cycle_b.py -> '
+            rf'{tmp_path}/cycle_a.py$',  # mmengine: RecursionError
     }
+    config_file(tmp_path, 'cycle_b.py', "_base_ = ['./cycle_a.py']\n")
     (tmp_path / 'weights.pth').write_bytes(b'x')
     for path, message in cases.items():
         with pytest.raises(ToolInputError, match=message):

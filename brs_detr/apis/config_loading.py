@@ -56,13 +56,25 @@ def _first_line(text: str) -> str:
 
 def _syntax_problem(path: str) -> Optional[str]:
     """``path, line N: ...`` for the first syntax error in ``path`` or in the ``_base_`` files it names (depth
-    first, as mmengine reads them), or a missing ``_base_`` file; ``None`` when there is none."""
+    first, as mmengine reads them), a missing ``_base_`` file, or ``_base_`` files that include each other (mmengine
+    recurses until Python's RecursionError); ``None`` when there is none."""
     seen = set()
+    chain: List[str] = []  # the files being read, outermost first
 
     def visit(path: str, named_by: Optional[str]) -> Optional[str]:
+        if path in chain:
+            cycle = chain[chain.index(path):] + [path]
+            return f'its _base_ files include each other: {" -> ".join(cycle)}'
         if path in seen:
             return None
         seen.add(path)
+        chain.append(path)
+        try:
+            return _visit_file(path, named_by)
+        finally:
+            chain.pop()
+
+    def _visit_file(path: str, named_by: Optional[str]) -> Optional[str]:
         if not osp.isfile(path):
             folder = osp.dirname(path) or '.'
             similar = difflib.get_close_matches(osp.basename(path), sorted(os.listdir(folder)), n=3, cutoff=0.5) \
