@@ -195,6 +195,40 @@ def test_a_pipeline_that_does_not_pack_the_samples_is_refused():
     check_run_settings(cfg, ['train'])
 
 
+def test_a_component_that_refuses_its_arguments_is_named(tmp_path, in_toy_root, capsys):
+    """mmdet's ResNet(depth=19) raises KeyError through mmengine's registry frames; the line names the config key."""
+    status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--skip-data-check',
+                                              '--cfg-options', 'model.backbone.depth=19'], capsys)
+    assert status == 2 and err.splitlines()[-1] == (
+        "train.py: error: cannot build the model: model.backbone (ResNet) refused its arguments: KeyError: 'invalid "
+        "depth 19 for resnet' (check those config keys; --debug shows the traceback)"), err
+    status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd2'),
+                                              '--skip-data-check', '--cfg-options', 'model.neck.num_outs=1'], capsys)
+    assert status == 2 and 'model.neck (FPN) refused its arguments: AssertionError (assert num_outs >= ' in err, err
+
+
+def test_errors_that_are_not_a_components_arguments_keep_their_traceback():
+    from brs_detr.engine.runner.model_build import describe_build_error
+
+    class Refuses:
+        def __init__(self):
+            raise ValueError('bad value')
+
+    class Broken:
+        def __init__(self):
+            raise RuntimeError('a bug')
+
+    model_cfg = dict(type='Detector', head=dict(type='Refuses'), other=dict(type='Broken'))
+    for cls, expected in ((Refuses, "model.head (Refuses) refused its arguments: ValueError: bad value"),
+                          (Broken, None)):
+        try:
+            cls()
+        except Exception as error:  # noqa: B902
+            described = describe_build_error(model_cfg, error)
+        assert (described is None) if expected is None else expected in described
+    assert describe_build_error(dict(type='Detector'), KeyError('not raised by an __init__')) is None
+
+
 def test_learning_rate_steps_after_the_end_of_training_are_named():
     cfg = read_config(str(TOY_CONFIG), {'train_cfg.max_epochs': 9})
     assert late_schedule_steps(cfg) == [

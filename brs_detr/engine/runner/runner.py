@@ -19,6 +19,7 @@ from brs_detr.fileio.checkpoint import CheckpointReadError, check_checkpoint_rea
 from ..work_dir import LAST_CHECKPOINT_MARKER, RESUMABLE_CHECKPOINT, resolve_last_checkpoint
 from .checkpoint_fit import state_dict_fit
 from .class_weights import checkpoint_num_classes, class_dependent_weights
+from .model_build import ModelBuildError, describe_build_error
 
 #: How strictly a checkpoint loaded with ``load_from`` must fit the model (resuming is always exact):
 #: ``'fine-tune'`` (training) lets class-dependent weights differ, ``'weights'`` (testing) nothing.
@@ -96,6 +97,8 @@ class ReliableRunner(Runner):
       is missing, empty or names a file that is gone or truncated, the newest complete checkpoint is used instead
       of failing (mmengine then tries to load an empty path); its name resolves inside the work_dir, so a copied
       or moved work_dir resumes from its own files (mmengine: from the absolute path of the original).
+    * A model component that refuses its arguments (``model.backbone.depth=19``) raises :class:`ModelBuildError`
+      naming its config keys (mmengine: the component's own exception, through the registry's frames).
     * A test run (:attr:`dump_config_in_log_dir`) dumps its config into its timestamped log folder, not over the
       config dump of the training run whose work_dir it shares (mmdet's default work_dir is the same for both).
     * A checkpoint's state dict is compared with the model's before anything is loaded:
@@ -123,6 +126,17 @@ class ReliableRunner(Runner):
     #: ``last_checkpoint`` may hold a name relative to the work_dir (read by :func:`find_resumable_checkpoint`).
     resolves_relative_last_checkpoint = True
     _resuming = False
+
+    def build_model(self, model):
+        """mmengine's, except that a component refusing its arguments raises :class:`ModelBuildError` naming its
+        config keys (:func:`~brs_detr.engine.runner.model_build.describe_build_error`)."""
+        try:
+            return super().build_model(model)
+        except Exception as error:  # noqa: B902  (re-raised as it is unless a config component refused)
+            described = describe_build_error(model, error) if isinstance(model, dict) else None
+            if described is None:
+                raise
+            raise ModelBuildError(described) from error
 
     def dump_config(self) -> None:
         """Write the config into the work_dir (or the log folder, see :attr:`dump_config_in_log_dir`) atomically
