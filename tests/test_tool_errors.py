@@ -205,6 +205,11 @@ def test_a_component_that_refuses_its_arguments_is_named(tmp_path, in_toy_root, 
     status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd2'),
                                               '--skip-data-check', '--cfg-options', 'model.neck.num_outs=1'], capsys)
     assert status == 2 and 'model.neck (FPN) refused its arguments: AssertionError (assert num_outs >= ' in err, err
+    from brs_detr.engine.runner.model_build import ModelBuildError
+    image = next((in_toy_root / 'data' / 'toy_coco' / 'val').iterdir())
+    with pytest.raises(ModelBuildError, match=r'model.backbone \(ResNet\) refused its arguments'):  # the demo too
+        load_demo().main([str(image), str(TOY_CONFIG), '--out-dir', str(tmp_path / 'demo'), '--cfg-options',
+                          'model.backbone.depth=19'])
 
 
 def test_errors_that_are_not_a_components_arguments_keep_their_traceback():

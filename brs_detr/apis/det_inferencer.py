@@ -25,6 +25,7 @@ from mmdet.structures import DetDataSample
 
 from brs_detr.analysis.score_threshold import ScoreThreshold, resolve_score_threshold
 from brs_detr.datasets.num_classes import resolve_num_classes
+from brs_detr.engine.runner.model_build import named_build_errors
 from brs_detr.fileio.atomic_io import atomic_write_text
 from .drawing import visualizer_config, write_png
 from .image_inputs import ImageInputError, collect_images, output_names
@@ -104,6 +105,7 @@ class BRSDetInferencer(DetInferencer):
     * Outputs: ``out_dir/vis/<name>.png`` (lossless PNG, whatever the input format) and ``out_dir/preds/<name>.json``
       (mmdet's keys ``labels``, ``scores``, ``bboxes``, ``masks``), both written atomically; ``<name>`` is the input's
       stem, made distinct when two inputs share one (:func:`~brs_detr.apis.image_inputs.output_names`).
+    * A model component that refuses its arguments is named by its config keys in one line.
     * The visualizer gets no vis backends: drawing needs no display and writes nothing but the PNG files.
     * ``device=None`` picks CUDA when available, else the CPU; a CUDA device that does not exist fails clearly.
     * The score threshold of the drawing (``pred_score_thr``) defaults to the thresholds chosen for the checkpoint on
@@ -164,6 +166,12 @@ class BRSDetInferencer(DetInferencer):
         return super().__call__(inputs, *args, pred_score_thr=self.score_threshold(pred_score_thr), **kwargs)
 
     # ------------------------------------------------------------------ model
+    def _init_model(self, cfg: ConfigDict, weights: Optional[str], device: str = 'cpu') -> nn.Module:
+        """mmengine's, except that a model component refusing its arguments is named by its config keys
+        (:class:`~brs_detr.engine.runner.model_build.ModelBuildError`)."""
+        with named_build_errors(cfg.get('model') if cfg else None):
+            return super()._init_model(cfg, weights, device)
+
     def _load_weights_to_model(self, model: nn.Module, checkpoint: Optional[dict], cfg: Optional[ConfigDict]) -> None:
         """Load the weights strictly, then set ``model.dataset_meta`` (classes, palette)."""
         if checkpoint is not None:

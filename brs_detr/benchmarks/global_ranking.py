@@ -85,6 +85,7 @@ def model_job(rank: int, world_size: int, configs: Sequence[str], img_size: Sequ
     from mmengine.model import MMDistributedDataParallel
     from mmengine.optim import build_optim_wrapper
 
+    from brs_detr.engine.runner.model_build import named_build_errors
     from brs_detr.models.losses import set_rank_across_processes
     from mmdet.registry import MODELS
     from mmdet.utils import register_all_modules
@@ -100,7 +101,8 @@ def model_job(rank: int, world_size: int, configs: Sequence[str], img_size: Sequ
                 cfg.model.backbone.init_cfg = None
             num_losses = set_rank_across_processes(cfg.model, across)
             torch.manual_seed(0)
-            model = MODELS.build(cfg.model)
+            with named_build_errors(cfg.model):
+                model = MODELS.build(cfg.model)
             model.init_weights()
             model.train()
             wrapped = MMDistributedDataParallel(module=model, device_ids=None, broadcast_buffers=False,

@@ -90,6 +90,7 @@ def build_training(config: str, cfg_options: Optional[dict], device: torch.devic
 
     import brs_detr.models  # noqa: F401  (registers the project's models)
     from brs_detr.datasets.num_classes import read_config, resolve_num_classes
+    from brs_detr.engine.runner.model_build import named_build_errors
     from mmdet.registry import MODELS
 
     init_default_scope('mmdet')
@@ -103,7 +104,8 @@ def build_training(config: str, cfg_options: Optional[dict], device: torch.devic
     if cfg.model.get('backbone') is not None:
         cfg.model.backbone.init_cfg = None
     torch.manual_seed(0)
-    model = MODELS.build(cfg.model)
+    with named_build_errors(cfg.model):
+        model = MODELS.build(cfg.model)
     model.init_weights()
     model.to(device)
     model.train()

@@ -11,6 +11,7 @@ from torch import nn
 from mmdet.registry import MODELS
 
 from brs_detr.apis.weights import load_weights_strictly
+from brs_detr.engine.runner.model_build import named_build_errors
 
 #: Detector parameters that mmdet creates with ``torch.Tensor(...)`` (uninitialized memory) and fills only in
 #: ``init_weights`` (``normal_``): the level embedding of DeformableDETR, DINO and so Co-DETR / BRS-DETR.
@@ -31,7 +32,8 @@ def load_detector(cfg: Config, checkpoint: Optional[str], device: str = 'cpu') -
         device (str): Torch device.
     """
     init_default_scope(cfg.get('default_scope', 'mmdet'))
-    model = MODELS.build(cfg.model)
+    with named_build_errors(cfg.model):
+        model = MODELS.build(cfg.model)
     if checkpoint is None:
         for name in UNINITIALIZED_PARAMETERS:
             parameter = getattr(model, name, None)

@@ -23,6 +23,7 @@ from mmengine.config import Config
 from torch import Tensor, nn
 
 from brs_detr.engine.runner.checkpoint_fit import state_dict_fit
+from brs_detr.engine.runner.model_build import named_build_errors
 from brs_detr.fileio.atomic_io import atomic_torch_save
 from brs_detr.fileio.trust import sha256_file
 from brs_detr.models.detectors.co_detr_checkpoint import convert_co_detr_state_dict
@@ -111,7 +112,8 @@ def build_model(config: ConfigLike) -> nn.Module:
     level = logger.level
     logger.setLevel(logging.ERROR)  # building logs every module's init config
     try:
-        return MODELS.build(cfg.model)
+        with named_build_errors(cfg.model):
+            return MODELS.build(cfg.model)
     finally:
         logger.setLevel(level)
 

@@ -7,6 +7,7 @@ passes the exception on as it is: a traceback through the registry that never sa
 """
 from __future__ import annotations
 
+import contextlib
 import traceback
 from typing import Any, Iterator, List, Optional, Tuple
 
@@ -73,3 +74,17 @@ def describe_build_error(model_cfg: dict, error: BaseException, root: str = 'mod
         message += f' ({traceback.extract_tb(error.__traceback__)[-1].line})'
     return (f'cannot build the model: {where} ({refusing.__name__}) refused its arguments: {message} '
             f'(check those config keys; --debug shows the traceback)')
+
+
+@contextlib.contextmanager
+def named_build_errors(model_cfg: Any, root: str = 'model') -> Iterator[None]:
+    """Turn a component's refusal of its arguments, raised while the block builds ``model_cfg``, into
+    :class:`ModelBuildError` naming its config keys (:func:`describe_build_error`); any other error passes as it
+    is."""
+    try:
+        yield
+    except Exception as error:  # noqa: B902  (re-raised as it is unless a config component refused)
+        described = describe_build_error(model_cfg, error, root) if isinstance(model_cfg, dict) else None
+        if described is None:
+            raise
+        raise ModelBuildError(described) from error

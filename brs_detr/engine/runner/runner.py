@@ -19,7 +19,7 @@ from brs_detr.fileio.checkpoint import CheckpointReadError, check_checkpoint_rea
 from ..work_dir import LAST_CHECKPOINT_MARKER, RESUMABLE_CHECKPOINT, resolve_last_checkpoint
 from .checkpoint_fit import state_dict_fit
 from .class_weights import checkpoint_num_classes, class_dependent_weights
-from .model_build import ModelBuildError, describe_build_error
+from .model_build import named_build_errors
 
 #: How strictly a checkpoint loaded with ``load_from`` must fit the model (resuming is always exact):
 #: ``'fine-tune'`` (training) lets class-dependent weights differ, ``'weights'`` (testing) nothing.
@@ -128,15 +128,10 @@ class ReliableRunner(Runner):
     _resuming = False
 
     def build_model(self, model):
-        """mmengine's, except that a component refusing its arguments raises :class:`ModelBuildError` naming its
-        config keys (:func:`~brs_detr.engine.runner.model_build.describe_build_error`)."""
-        try:
+        """mmengine's, except that a component refusing its arguments raises
+        :class:`~brs_detr.engine.runner.model_build.ModelBuildError` naming its config keys."""
+        with named_build_errors(model):
             return super().build_model(model)
-        except Exception as error:  # noqa: B902  (re-raised as it is unless a config component refused)
-            described = describe_build_error(model, error) if isinstance(model, dict) else None
-            if described is None:
-                raise
-            raise ModelBuildError(described) from error
 
     def dump_config(self) -> None:
         """Write the config into the work_dir (or the log folder, see :attr:`dump_config_in_log_dir`) atomically
