@@ -212,6 +212,15 @@ def test_a_component_that_refuses_its_arguments_is_named(tmp_path, in_toy_root, 
                           'model.backbone.depth=19'])
 
 
+def test_a_load_from_url_that_cannot_be_reached_is_one_line(tmp_path, in_toy_root, capsys, free_port):
+    """No network (nothing listens on the port): the download error is the line, exit status 2 (was a traceback)."""
+    url = f'http://127.0.0.1:{free_port()}/weights.pth'
+    status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--skip-data-check',
+                                              '--cfg-options', f'load_from={url}'], capsys)
+    assert status == 2 and re.search(rf'^train.py: error: cannot reach {url}: .*Connection refused',
+                                     err.splitlines()[-1]), err
+
+
 def test_errors_that_are_not_a_components_arguments_keep_their_traceback():
     from brs_detr.engine.runner.model_build import describe_build_error
 

@@ -46,7 +46,13 @@ USER_ERRORS = (('brs_detr.apis.cli', 'ToolInputError'), ('brs_detr.engine.dist',
                ('brs_detr.datasets.coco_check', 'DataCheckError'),
                ('brs_detr.datasets.transforms.loading', 'ImageLoadError'),
                ('brs_detr.analysis.detections', 'AnalysisError'),
-               ('brs_detr.fileio.output_paths', 'OutputPathError'), ('brs_detr.engine.work_dir', 'WorkDirError'))
+               ('brs_detr.fileio.output_paths', 'OutputPathError'), ('brs_detr.engine.work_dir', 'WorkDirError'),
+               # a checkpoint or backbone of the model zoo that cannot be had (no network, wrong checksum, ...)
+               ('brs_detr.zoo.download', 'DownloadError'), ('brs_detr.zoo.index', 'ModelZooError'),
+               ('brs_detr.zoo.install', 'ZooInstallError'), ('brs_detr.zoo.convert', 'ConversionError'),
+               ('brs_detr.zoo.checkpoint_reader', 'CheckpointReadError'),
+               ('brs_detr.models.backbones.timm_backbone', 'TimmUnavailableError'),
+               ('brs_detr.analysis.logs', 'LogError'))
 #: Errors that stop a run whose input was fine: reported with their message (no traceback) and exit status 1.
 RUN_ERRORS = (('brs_detr.engine.hooks.non_finite_loss_hook', 'NonFiniteError'), ('torch', 'OutOfMemoryError'),
               ('builtins', 'MemoryError'))
