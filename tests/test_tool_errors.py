@@ -354,6 +354,10 @@ def test_demo_out_dir_and_other_tools_outputs(tmp_path, capsys):
     assert make_toy_coco.main([str(tmp_path / 'file' / 'toy')]) == 2
     assert capsys.readouterr().err == (f'make_toy_coco.py: error: OUT_DIR {tmp_path}/file/toy: its folder '
                                        f'{tmp_path}/file is a regular file, not a directory\n')
+    thresholds = load_tool_module('analysis_tools/choose_score_threshold')
+    (tmp_path / 'weights.pth').write_bytes(b'PK')  # never read: the output is checked first (was: after evaluating)
+    with pytest.raises(OutputPathError, match=rf'--out {tmp_path}/file/thr.json: its folder'):
+        thresholds.main([str(TOY_CONFIG), str(tmp_path / 'weights.pth'), '--out', str(tmp_path / 'file' / 'thr.json')])
     benchmark = load_tool_module('benchmark_loss')
     status, err = tool_exit(benchmark.main, ['--out-md', str(tmp_path / 'file' / 'b.md')], capsys,
                             'benchmark_loss.py')

@@ -16,6 +16,7 @@ from typing import Any, List, Tuple
 from mmengine.config import Config
 
 from brs_detr.engine.dist import setup_distributed_without_cuda
+from brs_detr.fileio.output_paths import check_output_file
 from .launch import (ToolInputError, build_runner, check_checkpoint_file, check_config_file, load_config,
                      prepare_datasets, set_work_dir)
 
@@ -62,12 +63,17 @@ def choose_thresholds(args: argparse.Namespace) -> str:
     """What ``tools/analysis_tools/choose_score_threshold.py`` does with its parsed ``args``; the written file."""
     from brs_detr.analysis.detections import (check_same_images, detections_from_results, read_results_pickle,
                                               truth_from_dataset)
-    from brs_detr.analysis.score_threshold import choose_score_thresholds, format_table, write_thresholds
+    from brs_detr.analysis.score_threshold import (choose_score_thresholds, format_table, thresholds_path,
+                                                   write_thresholds)
 
     if args.target_precision is not None and not 0 < args.target_precision <= 1:
         raise ToolInputError(f'--target-precision must be in (0, 1], got {args.target_precision}')
     check_config_file(args.config)
     check_checkpoint_file(args.checkpoint)
+    # before the evaluation, which the write would otherwise lose (the default file sits next to the checkpoint,
+    # whose folder may be read-only: a shared model folder)
+    check_output_file(args.out or thresholds_path(args.checkpoint),
+                      '--out' if args.out else f'the thresholds file of {args.checkpoint} (choose another with --out)')
     cfg = load_config(args.config, args.cfg_options, 'none')
     if args.results is not None:
         if not osp.isfile(args.results):
