@@ -19,6 +19,7 @@ from brs_detr.datasets.coco_check import DataCheckPolicy, check_coco_file
 from brs_detr.datasets.converters import ConversionError, convert_voc, convert_yolo
 from brs_detr.datasets.converters.coco_output import decoded_image_size
 from brs_detr.datasets.toy_coco import make_toy_coco
+from brs_detr.fileio.output_paths import OutputPathError
 from conftest import load_tool_module
 
 CLASSES = ('red_box', 'green_disc', 'blue_wedge')
@@ -228,6 +229,10 @@ def test_converter_tools_exit_with_one_line(tmp_path, capsys):
     assert '(the class list: red_box)' in err
     assert voc2coco.main([str(voc_root), '--classes', str(tmp_path / 'typo.txt')]) == 2
     assert capsys.readouterr().err == f'voc2coco.py: error: class list not found: {tmp_path / "typo.txt"}\n'
+    (tmp_path / 'file').write_text('not a folder')  # an output folder that cannot be made: named before the work
+    for tool, data in ((voc2coco, voc_root), (yolo2coco, root)):
+        with pytest.raises(OutputPathError, match=f'--out-dir {tmp_path}/file/coco: {tmp_path}/file is a regular file'):
+            tool.main([str(data), '-o', str(tmp_path / 'file' / 'coco')])
 
 
 # ----------------------------------------------------------------------------- the data check counts objects

@@ -57,8 +57,11 @@ def class_names(values: Optional[List[str]]) -> Optional[List[str]]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from brs_detr.datasets.converters import convert_voc, run_conversion
+    from brs_detr.fileio.output_paths import check_output_dir
+    out_dir = args.out_dir or osp.join(args.input, 'annotations')
+    check_output_dir(out_dir, '--out-dir')  # before the work
     return run_conversion('voc2coco.py', lambda: convert_voc(
-        args.input, args.out_dir or osp.join(args.input, 'annotations'), class_names(args.classes),
+        args.input, out_dir, class_names(args.classes),
         img_dir=args.img_dir, years=args.years, splits=args.splits, difficult=args.difficult))
 
 

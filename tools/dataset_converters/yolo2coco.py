@@ -35,8 +35,11 @@ def parse_args(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parse_args(argv)
     from brs_detr.datasets.converters import convert_yolo, run_conversion
-    return run_conversion('yolo2coco.py', lambda: convert_yolo(
-        args.data_root, args.out_dir or osp.join(args.data_root, 'annotations'), args.classes, splits=args.splits))
+    from brs_detr.fileio.output_paths import check_output_dir
+    out_dir = args.out_dir or osp.join(args.data_root, 'annotations')
+    check_output_dir(out_dir, '--out-dir')  # before the work
+    return run_conversion('yolo2coco.py', lambda: convert_yolo(args.data_root, out_dir, args.classes,
+                                                               splits=args.splits))
 
 
 if __name__ == '__main__':
