@@ -249,6 +249,28 @@ def test_check_datasets_walks_the_config_splits_and_evaluator(toy, tmp_path):
         check_datasets(cfg, ['train'])
 
 
+def test_evaluator_file_must_hold_the_ground_truth_of_the_evaluated_images(toy, tmp_path):
+    """CocoMetric matches predictions to its ann_file by image id: the training file (same file names, other boxes)
+    gave a val mAP without any error; a copy of the val file is fine."""
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    cfg.val_dataloader.dataset.data_root = f'{toy}/'
+    cfg.val_evaluator.ann_file = str(toy / 'annotations' / 'instances_train.json')
+    with pytest.raises(DataCheckError, match=r'val_evaluator.ann_file .*instances_train.json is not the ground truth '
+                       r'of the val dataset \(.*instances_val.json\): 4 of its 4 images differ \(image id 1 '
+                       r'\(000001.png\): other boxes there .*Point val_evaluator.ann_file at .*instances_val.json'):
+        check_datasets(cfg, ['val'])
+    content = annotations(toy, 'val')
+    shutil.copy(toy / 'annotations' / 'instances_val.json', tmp_path / 'copy.json')
+    cfg.val_evaluator.ann_file = str(tmp_path / 'copy.json')
+    assert check_datasets(cfg, ['val'])[0].num_images == 4
+    content['images'][0]['file_name'] = 'other.png'
+    (tmp_path / 'renamed.json').write_text(json.dumps(content))
+    cfg.val_evaluator.ann_file = str(tmp_path / 'renamed.json')
+    with pytest.raises(DataCheckError, match=r'1 of its 4 images differ \(image id 1 \(000001.png\): other.png '
+                       r'there\)'):
+        check_datasets(cfg, ['val'])
+
+
 def test_pipelines_get_the_checked_image_loader(toy):
     cfg = Config.fromfile(str(TOY_CONFIG))
     name_images_in_load_errors(cfg, ['train', 'test'])

@@ -93,7 +93,8 @@ class CocoCheckReport:
     exif_orientations: Dict[int, int] = field(default_factory=dict)
 
 
-def _listed(items: Sequence[object], limit: int = MAX_LISTED) -> str:
+def format_listed(items: Sequence[object], limit: int = MAX_LISTED) -> str:
+    """``a, b, c, ... (N more)``: the first ``limit`` items."""
     shown = ', '.join(str(item) for item in items[:limit])
     return shown + (f', ... ({len(items) - limit} more)' if len(items) > limit else '')
 
@@ -127,6 +128,21 @@ def load_annotation_json(ann_file: str) -> dict:
         if not isinstance(content.get(key), list):
             raise DataCheckError(f'{ann_file}: "{key}" is missing or not a list (keys: {sorted(content)})')
     return content
+
+
+def ground_truth_by_image(content: dict, classes: Sequence[str]) -> Dict[object, tuple]:
+    """Image id -> what an evaluation compares with: ``(file_name, width, height, sorted (class name, bbox,
+    iscrowd) of its annotations of ``classes``)``; category ids are read through their names, as CocoMetric does."""
+    names = {category.get('id'): category.get('name') for category in content['categories']
+             if isinstance(category, dict)}
+    boxes: Dict[object, list] = defaultdict(list)
+    for ann in content['annotations']:
+        if isinstance(ann, dict) and names.get(ann.get('category_id')) in classes:
+            boxes[ann.get('image_id')].append((names[ann['category_id']], repr(ann.get('bbox')),
+                                               bool(ann.get('iscrowd', False))))
+    return {image.get('id'): (image.get('file_name'), image.get('width'), image.get('height'),
+                              tuple(sorted(boxes[image.get('id')])))
+            for image in content['images'] if isinstance(image, dict)}
 
 
 def _index_images(ann_file: str, images: List[dict]) -> Dict[object, dict]:
@@ -164,7 +180,7 @@ def _check_categories(ann_file: str, categories: List[dict], classes: Sequence[s
     absent = [name for name in classes if name not in file_names]
     if absent:
         raise DataCheckError(f'{ann_file}: the config\'s classes {absent} are not categories of this file (its '
-                             f'categories: {_listed(file_names, 20)}). Set metainfo=dict(classes=...) in the '
+                             f'categories: {format_listed(file_names, 20)}). Set metainfo=dict(classes=...) in the '
                              f'dataset config to the names the file uses.')
     in_file_order = [name for name in file_names if name in classes]
     if in_file_order != list(classes):
@@ -275,7 +291,7 @@ def check_coco_file(ann_file: str,
         name = category_names.get(ann['category_id'])
         if name is None:
             raise DataCheckError(f'{ann_file}: annotation id {ann_id} has category_id {ann["category_id"]}, which is '
-                                 f'not in "categories" (ids: {_listed(sorted(category_names, key=str), 20)})')
+                                 f'not in "categories" (ids: {format_listed(sorted(category_names, key=str), 20)})')
         if name not in trained:
             ignored[name] += 1
             continue
@@ -338,7 +354,7 @@ def _judge_nothing_to_learn(report: CocoCheckReport, split: str, format_only: bo
 def _judge_malformed(report: CocoCheckReport, drops_malformed: bool, dataset_type: str) -> None:
     """Malformed annotations can only be trained without when the dataset drops them."""
     if report.malformed and not drops_malformed:
-        listed = _listed([f'id {ann_id}: {problem}' for ann_id, problem in report.malformed])
+        listed = format_listed([f'id {ann_id}: {problem}' for ann_id, problem in report.malformed])
         raise DataCheckError(f'{report.ann_file}: {len(report.malformed)} annotations are malformed ({listed}); the '
                              f'dataset type {dataset_type} would crash on them or train on them as they are (brs-detr '
                              f'drops them only for CocoDataset and CityscapesDataset). Fix them in the file.')
@@ -356,7 +372,7 @@ def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bo
         raise DataCheckError(f'{ann_file}: none of its {report.num_annotations} annotations is of a class the config '
                              f'trains')
     if report.invalid_boxes:
-        listed = _listed([f'id {ann_id}: {problem}' for ann_id, problem in report.invalid_boxes])
+        listed = format_listed([f'id {ann_id}: {problem}' for ann_id, problem in report.invalid_boxes])
         fraction = len(report.invalid_boxes) / max(trained, 1)
         summary = f'{ann_file}: {len(report.invalid_boxes)} of {trained} boxes are invalid ({listed})'
         if policy.invalid_boxes == 'error':
@@ -386,7 +402,7 @@ def _class_count_warnings(report: CocoCheckReport, training: bool) -> List[str]:
     effect = ('the model gets no positive example of them and will not learn to detect them' if training else
               'their AP cannot be measured (CocoMetric reports nan)')
     return [f'{report.ann_file}: {len(absent)} of the {len(report.objects_per_class)} classes have no object in this '
-            f'file ({_listed(absent, 20)}): {effect}']
+            f'file ({format_listed(absent, 20)}): {effect}']
 
 
 def format_class_counts(objects_per_class: Dict[str, int], limit: int = 20) -> str:
@@ -434,13 +450,13 @@ def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) ->
                 empty.append(path)
     if missing:
         raise DataCheckError(f'{len(missing)} of the {total} image files that {ann_file} references are missing: '
-                             f'{_listed(missing)}')
+                             f'{format_listed(missing)}')
     if unreadable:
         raise DataCheckError(f'{len(unreadable)} of the {total} image files that {ann_file} references cannot be '
-                             f'read (permissions): {_listed(unreadable)}')
+                             f'read (permissions): {format_listed(unreadable)}')
     if empty:
         raise DataCheckError(f'{len(empty)} of the {total} image files that {ann_file} references are empty (0 '
-                             f'bytes): {_listed(empty)}')
+                             f'bytes): {format_listed(empty)}')
 
 
 def check_image_sizes(ann_file: str, img_dir: str, images: List[dict]) -> Dict[int, int]:
@@ -457,10 +473,10 @@ def check_image_sizes(ann_file: str, img_dir: str, images: List[dict]) -> Dict[i
     mismatches, orientations, unreadable = check_image_headers(img_dir, images)
     if unreadable:
         raise DataCheckError(f'{len(unreadable)} of the {len(images)} image files that {ann_file} references are not '
-                             f'images: {_listed(unreadable)}')
+                             f'images: {format_listed(unreadable)}')
     if mismatches:
         raise DataCheckError(f'{ann_file}: {len(mismatches)} of its {len(images)} images differ in size from their '
-                             f'annotation, so their boxes would not fit the pixels trained on: {_listed(mismatches)}. '
+                             f'annotation, so their boxes would not fit the pixels trained on: {format_listed(mismatches)}. '
                              f'(data_check.check_image_sizes=False trains anyway.)')
     if orientations:
         counts = ', '.join(f'{value}: {n}' for value, n in sorted(orientations.items()))

@@ -12,8 +12,8 @@ from mmengine.logging import print_log
 from mmdet.datasets import CocoDataset
 
 from .checked_datasets import CHECKED_DATASETS, ValidAnnotationsMixin
-from .coco_check import (CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, format_class_counts,
-                         load_annotation_json)
+from .coco_check import (CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, format_listed,
+                         format_class_counts, ground_truth_by_image, load_annotation_json)
 from .num_classes import dataset_class
 
 #: Config key of the :class:`~brs_detr.datasets.coco_check.DataCheckPolicy` fields.
@@ -88,6 +88,7 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
     done: Dict[tuple, CocoCheckReport] = {}
     start = time.perf_counter()
     for split in splits:
+        split_reports: List[CocoCheckReport] = []
         loader = cfg.get(f'{split}_dataloader')
         if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
             continue
@@ -115,7 +116,8 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
                                             drops_malformed=issubclass(leaf_class, ValidAnnotationsMixin),
                                             dataset_type=leaf_class.__name__,
                                             format_only=_format_only(cfg.get(f'{split}_evaluator')))
-        _check_evaluator_files(cfg.get(f'{split}_evaluator'), {key[0] for key in done})
+            split_reports.append(done[key])
+        _check_evaluator_files(split, cfg.get(f'{split}_evaluator'), split_reports)
     for report in done.values():
         print_log(f'data check: {report.ann_file}: {report.num_images} images, {report.num_annotations} annotations'
                   f', {len(report.warnings)} warnings; objects per class: '
@@ -133,14 +135,44 @@ def _format_only(evaluator_cfg) -> bool:
     return bool(evaluators) and all(e.get('format_only', False) for e in evaluators)
 
 
-def _check_evaluator_files(evaluator_cfg, checked: set) -> None:
-    """The evaluators' ``ann_file`` (read only after the first epoch) must exist and be valid JSON now."""
+def _check_evaluator_files(split: str, evaluator_cfg, reports: List[CocoCheckReport]) -> None:
+    """The evaluators' ``ann_file`` (read only after the first epoch) must exist, be valid JSON and, where it is
+    another file than the dataset's, hold the same ground truth for the dataset's images: CocoMetric matches the
+    predictions to its ground truth by image id, so a file of other images (the training file, another split) gives
+    a wrong mAP without any error."""
     evaluators = evaluator_cfg if isinstance(evaluator_cfg, (list, tuple)) else [evaluator_cfg]
+    checked = {osp.realpath(report.ann_file) for report in reports}
     for evaluator in evaluators:
         ann_file = evaluator.get('ann_file') if isinstance(evaluator, dict) else None
-        if ann_file and ann_file not in checked and evaluator.get('backend_args') is None:
-            load_annotation_json(ann_file)
-            checked.add(ann_file)
+        if not ann_file or osp.realpath(ann_file) in checked or evaluator.get('backend_args') is not None:
+            continue
+        evaluated = load_annotation_json(ann_file)
+        for report in reports:
+            classes = tuple(report.objects_per_class)
+            truth = ground_truth_by_image(evaluated, classes)
+            differ = [f'image id {image_id} ({expected[0]}): {_difference(truth.get(image_id), expected)}'
+                      for image_id, expected in ground_truth_by_image(load_annotation_json(report.ann_file),
+                                                                      classes).items()
+                      if truth.get(image_id) != expected]
+            if differ:
+                raise DataCheckError(f'{split}_evaluator.ann_file {ann_file} is not the ground truth of the {split} '
+                                     f'dataset ({report.ann_file}): {len(differ)} of its {report.num_images} images '
+                                     f'differ ({format_listed(differ, 3)}); the {split} mAP would compare the '
+                                     f'predictions with the boxes of other images. Point {split}_evaluator.ann_file '
+                                     f'at {report.ann_file}.')
+        checked.add(osp.realpath(ann_file))
+
+
+def _difference(evaluated: Optional[tuple], expected: tuple) -> str:
+    """How an image's ground truth in the evaluator's file (``None``: absent) differs from the dataset's (see
+    :func:`~brs_detr.datasets.coco_check.ground_truth_by_image`)."""
+    if evaluated is None:
+        return 'absent from the evaluator\'s file'
+    if evaluated[0] != expected[0]:
+        return f'{evaluated[0]} there'
+    if evaluated[1:3] != expected[1:3]:
+        return f'{evaluated[1]}x{evaluated[2]} there, {expected[1]}x{expected[2]} in the dataset'
+    return f'other boxes there ({len(evaluated[3])} objects, {len(expected[3])} in the dataset)'
 
 
 def use_checked_loading(cfg: Config, splits: Sequence[str]) -> None:
