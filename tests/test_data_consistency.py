@@ -130,6 +130,27 @@ def test_data_set_without_anything_to_learn_is_refused(toy_json, tmp_path, chang
         check_coco_file(ann_file, None, CLASSES, split=split, format_only=True)
 
 
+def share_first_file(content: dict) -> None:
+    content['images'][1]['file_name'] = content['images'][0]['file_name']
+
+
+@pytest.mark.parametrize('change, split, message', [
+    (share_first_file, 'train', r'image ids 1 and 2 are the same file 000001.png: each would train with its own '
+     r'annotations only, the objects annotated under the other id as background'),
+    (lambda d: [a.pop('iscrowd') for a in d['annotations']], 'val', r'17 annotations have no "iscrowd" \(ids 1, 2, '
+     r'3, 4, 5, ... \(12 more\)\); COCO\'s evaluation reads it from every annotation \(KeyError: \'iscrowd\' after '
+     r'the whole val inference\)'),
+    (lambda d: [a.update(iscrowd='0') for a in d['annotations']], 'train', r"17 of 17 boxes are invalid \(id 1: "
+     r"iscrowd '0' is not 0 or 1"),
+], ids=['two-entries-of-one-file', 'val-without-iscrowd', 'iscrowd-strings'])
+def test_annotation_sets_that_train_or_evaluate_wrongly_are_refused(toy_json, tmp_path, change, split, message):
+    """mmdet trains on each entry of a file listed twice with half of its objects as background, ignores every
+    object with ``iscrowd: "0"``, and pycocotools ends the evaluation with ``KeyError: 'iscrowd'``."""
+    ann_file = write_json(tmp_path / 'ann.json', with_changes(toy_json, change))
+    with pytest.raises(DataCheckError, match=message):
+        check_coco_file(ann_file, None, CLASSES, split=split)
+
+
 def toy_cfg(ann_file: str, img_dir: Path, with_mask: bool = False) -> Config:
     """The toy config's training set on ``ann_file`` (masks loaded when ``with_mask``), prepared as tools/train.py
     prepares it."""
@@ -151,12 +172,15 @@ def build_train_set(cfg: Config):
 MALFORMED_BOXES = {1: None, 2: [1, 2, 3], 3: ['10', 10, 20, 20], 4: [10, 10, math.inf, 20], 5: [10, 10, math.nan, 20]}
 #: An annotation without "area" (mmdet: KeyError).
 NO_AREA = 6
+#: An annotation with ``iscrowd: "0"`` (mmdet: true, the object is silently ignored).
+CROWD_STRING = 7
 
 
 def test_malformed_boxes_reported_as_dropped_are_dropped(toy_coco_root, tmp_path):
-    """Five malformed boxes and a missing area among 145 annotations (4.1 %, allowed up to 5 % here): the check lists
-    them as dropped, and the dataset the Runner builds holds none of them (mmdet itself crashes on three boxes and on
-    the missing area, and trains on the infinite box); every trained box is finite."""
+    """Five malformed boxes, a missing area and an ``iscrowd`` of ``"0"`` among 145 annotations (4.8 %, allowed up to
+    5 % here): the check lists them as dropped, and the dataset the Runner builds holds none of them (mmdet itself
+    crashes on three boxes and on the missing area, trains on the infinite box and ignores the "0" crowd as a crowd);
+    every trained box is finite."""
     big = json.loads((toy_coco_root / 'annotations' / 'instances_train.json').read_text())
     big['annotations'] = [dict(a, id=a['id'] + 100 * copy_index) for copy_index in range(9)
                           for a in big['annotations'] if copy_index == 0 or a['id'] <= 16]
@@ -165,17 +189,20 @@ def test_malformed_boxes_reported_as_dropped_are_dropped(toy_coco_root, tmp_path
             ann['bbox'] = MALFORMED_BOXES[ann['id']]
         if ann['id'] == NO_AREA:
             del ann['area']
+        if ann['id'] == CROWD_STRING:
+            ann['iscrowd'] = '0'
     ann_file = write_json(tmp_path / 'ann.json', big)
     cfg = toy_cfg(ann_file, toy_coco_root / 'train')
     cfg.data_check = dict(max_invalid_box_fraction=0.05)
     report, = check_datasets(cfg, ['train'])
     assert dict(report.malformed)[NO_AREA] == 'no "area"'
-    assert sorted(ann_id for ann_id, _ in report.malformed) == sorted([*MALFORMED_BOXES, NO_AREA])
-    assert any('id 4: bbox [10, 10, inf, 20] is not 4 finite numbers' in w and 'brs-detr drops the 6 malformed ones'
+    assert dict(report.malformed)[CROWD_STRING] == "iscrowd '0' is not 0 or 1"
+    assert sorted(ann_id for ann_id, _ in report.malformed) == sorted([*MALFORMED_BOXES, NO_AREA, CROWD_STRING])
+    assert any('id 4: bbox [10, 10, inf, 20] is not 4 finite numbers' in w and 'brs-detr drops the 7 malformed ones'
                in w for w in report.warnings)
     dataset = build_train_set(cfg)
     boxes = [instance['bbox'] for i in range(len(dataset)) for instance in dataset.get_data_info(i)['instances']]
-    assert len(boxes) == len(big['annotations']) - len(MALFORMED_BOXES) - 1 == report.trainable
+    assert len(boxes) == len(big['annotations']) - len(MALFORMED_BOXES) - 2 == report.trainable
     assert all(math.isfinite(v) for box in boxes for v in box)
 
 

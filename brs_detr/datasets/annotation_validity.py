@@ -2,7 +2,8 @@
 
 mmdet's ``CocoDataset.parse_data_info`` unpacks every ``bbox`` as four numbers and compares its ``area`` with 0:
 a box of three numbers, strings or ``null`` crashes the dataset, a missing ``area`` raises ``KeyError``, and a box of
-infinite width is kept and trained on (``[x, y, inf, y + h]``). With masks, ``LoadAnnotations`` crashes on a missing
+infinite width is kept and trained on (``[x, y, inf, y + h]``), and an ``iscrowd`` of ``"0"`` is true: the object
+is ignored. With masks, ``LoadAnnotations`` crashes on a missing
 or empty segmentation (``KeyError: 'mask'``) and on an RLE of another size, rasterises garbage from a corrupt RLE
 string, and exhausts the memory on a polygon holding ``null`` or NaN.
 
@@ -101,10 +102,19 @@ def segmentation_problem(segmentation: Any, height: Any, width: Any) -> Optional
                                                            'polygons nor an RLE dict'
 
 
+def crowd_problem(ann: dict) -> Optional[str]:
+    """Why the ``iscrowd`` of ``ann`` is not 0 or 1 (``None``: it is, or it is absent). mmdet tests it for truth,
+    so a string ``"0"`` marks the object as crowd (never trained on), and pycocotools' evaluation reads it as
+    ``int(iscrowd)``: ``null`` crashes there."""
+    if 'iscrowd' not in ann or (ann['iscrowd'] in (0, 1) and not isinstance(ann['iscrowd'], str)):
+        return None
+    return f'iscrowd {ann["iscrowd"]!r} is not 0 or 1'
+
+
 def annotation_problem(ann: dict, image: dict, with_mask: bool) -> Optional[str]:
     """Why mmdet cannot train on the COCO annotation ``ann`` of ``image`` (``None``: it can), see the module
     docstring. ``with_mask``: the dataset's pipeline loads masks."""
-    problem = box_problem(ann.get('bbox')) or area_problem(ann.get('area'))
+    problem = box_problem(ann.get('bbox')) or area_problem(ann.get('area')) or crowd_problem(ann)
     if problem is None and with_mask:
         problem = segmentation_problem(ann.get('segmentation'), image.get('height'), image.get('width'))
     return problem

@@ -146,7 +146,10 @@ def ground_truth_by_image(content: dict, classes: Sequence[str]) -> Dict[object,
 
 
 def _index_images(ann_file: str, images: List[dict]) -> Dict[object, dict]:
+    """Image id -> image entry. Ids and file names must be unique: two entries of one file each train with their
+    own annotations only, so the objects annotated under the other entry are learnt as background."""
     by_id: Dict[object, dict] = {}
+    by_file: Dict[str, object] = {}
     for position, image in enumerate(images):
         if not isinstance(image, dict) or 'id' not in image:
             raise DataCheckError(f'{ann_file}: images[{position}] has no "id"')
@@ -155,11 +158,17 @@ def _index_images(ann_file: str, images: List[dict]) -> Dict[object, dict]:
             raise DataCheckError(f'{ann_file}: image id {image["id"]} has no {", ".join(missing)}')
         if not (isinstance(image['width'], (int, float)) and isinstance(image['height'], (int, float))
                 and image['width'] > 0 and image['height'] > 0):
-            raise DataCheckError(f'{ann_file}: image id {image["id"]} ({image["file_name"]}) has size '
-                                 f'{image["width"]}x{image["height"]}')
+            raise DataCheckError(f'{ann_file}: image id {image["id"]} ({image["file_name"]}) has width '
+                                 f'{image["width"]!r} and height {image["height"]!r}: not positive numbers')
         if image['id'] in by_id:
             raise DataCheckError(f'{ann_file}: image id {image["id"]} is used twice ({by_id[image["id"]]["file_name"]}'
                                  f' and {image["file_name"]})')
+        file_key = osp.normpath(str(image['file_name']))
+        if file_key in by_file:
+            raise DataCheckError(f'{ann_file}: image ids {by_file[file_key]} and {image["id"]} are the same file '
+                                 f'{image["file_name"]}: each would train with its own annotations only, the objects '
+                                 f'annotated under the other id as background. Merge them into one image entry.')
+        by_file[file_key] = image['id']
         by_id[image['id']] = image
     return by_id
 
@@ -276,6 +285,7 @@ def check_coco_file(ann_file: str,
     seen_ids = set()
     ignored: Counter = Counter()
     objects: Counter = Counter()
+    without_crowd_flag: List[object] = []
     for position, ann in enumerate(content['annotations']):
         if not isinstance(ann, dict) or not all(key in ann for key in ('id', 'image_id', 'category_id', 'bbox')):
             raise DataCheckError(f'{ann_file}: annotations[{position}] needs "id", "image_id", "category_id" and '
@@ -295,6 +305,8 @@ def check_coco_file(ann_file: str,
         if name not in trained:
             ignored[name] += 1
             continue
+        if 'iscrowd' not in ann:
+            without_crowd_flag.append(ann_id)
         if ann.get('ignore', False):
             report.crowd_or_ignored += 1
             continue
@@ -315,6 +327,11 @@ def check_coco_file(ann_file: str,
     report.ignored_categories = dict(ignored)
     report.objects_per_class = {name: objects[name] for name in classes}
     report.empty_images = len(images) - len(annotated_images)
+    if without_crowd_flag and split != 'train' and not format_only:
+        raise DataCheckError(f'{ann_file}: {len(without_crowd_flag)} annotations have no "iscrowd" (ids '
+                             f'{format_listed(without_crowd_flag)}); COCO\'s evaluation reads it from every annotation '
+                             f'(KeyError: \'iscrowd\' after the whole {split} inference). Add "iscrowd": 0 (1 for '
+                             f'a crowd region).')
     _judge_malformed(report, drops_malformed, dataset_type)
     _judge(report, policy, filter_empty_gt)
     report.warnings += _class_count_warnings(report, training)
