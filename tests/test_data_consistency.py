@@ -12,6 +12,8 @@ from __future__ import annotations
 import copy
 import json
 import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -103,6 +105,40 @@ def test_data_check_refuses_a_file_that_is_no_image(tmp_path):
     with pytest.raises(DataCheckError, match=rf'1 of the 2 image files that {ann_file} references are not images: '
                        rf'{tmp_path}/images/b.jpg: not an image Pillow can read'):
         check_coco_file(ann_file, str(tmp_path / 'images'), ['rectangle'])
+
+
+def png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG whose header says ``width`` x ``height`` (its pixel data is a stub: only the header is read)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack('>I', len(data)) + kind + data + struct.pack('>I', zlib.crc32(kind + data))
+    header = struct.pack('>IIBBBBB', width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', header) + chunk(b'IDAT', zlib.compress(b'\0')) +
+                     chunk(b'IEND', b''))
+
+
+def test_very_large_images_are_checked_and_those_opencv_cannot_decode_named(tmp_path):
+    """An aerial image of 20000 x 20000 passes the check (Pillow's decompression-bomb limit raised its
+    DecompressionBombError from the header read: a traceback); one of 40000 x 30000, more than OpenCV decodes, is
+    refused by the check, and the loader names the limit (it said "truncated or corrupt?")."""
+    images = tmp_path / 'images'
+    images.mkdir()
+    png_header_only(images / 'aerial.png', 20000, 20000)
+    png_header_only(images / 'huge.png', 40000, 30000)
+    entries = [dict(id=1, file_name='aerial.png', width=20000, height=20000),
+               dict(id=2, file_name='huge.png', width=40000, height=30000)]
+    annotations = [dict(id=i, image_id=i, category_id=1, bbox=[10, 10, 50, 50], area=2500, iscrowd=0) for i in (1, 2)]
+    ann_file = write_json(tmp_path / 'big.json', dict(images=entries[:1], annotations=annotations[:1],
+                                                      categories=[dict(id=1, name='rectangle')]))
+    check_coco_file(ann_file, str(images), ['rectangle'])
+    ann_file = write_json(tmp_path / 'big.json', dict(images=entries, annotations=annotations,
+                                                      categories=[dict(id=1, name='rectangle')]))
+    with pytest.raises(DataCheckError, match=rf'1 of its 2 images are too large for the image loader: image id 2 '
+                       rf'\({images}/huge.png\): 40000x30000 = 1,200,000,000 pixels, more than OpenCV decodes '
+                       r'\(CV_IO_MAX_IMAGE_PIXELS=1,073,741,824\): set that environment variable higher'):
+        check_coco_file(ann_file, str(images), ['rectangle'])
+    with pytest.raises(ImageLoadError, match=r'huge.png \(image id 2, listed in big.json\): the image is 40000x30000 '
+                       r'= 1,200,000,000 pixels, more than OpenCV decodes'):
+        CheckedLoadImageFromFile(ann_file='big.json')(dict(img_path=str(images / 'huge.png'), img_id=2))
 
 
 # ----------------------------------------------------------------------------- annotation sets

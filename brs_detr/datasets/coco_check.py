@@ -484,13 +484,16 @@ def check_image_sizes(ann_file: str, img_dir: str, images: List[dict]) -> Dict[i
         EXIF orientation value -> number of images carrying it.
 
     Raises:
-        DataCheckError: Listing the images whose size differs (with a hint: EXIF orientation, resized) or whose
-            header is not an image's.
+        DataCheckError: Listing the images whose size differs (with a hint: EXIF orientation, resized), whose
+            header is not an image's, or which have more pixels than OpenCV decodes.
     """
-    mismatches, orientations, unreadable = check_image_headers(img_dir, images)
+    mismatches, orientations, unreadable, too_large = check_image_headers(img_dir, images)
     if unreadable:
         raise DataCheckError(f'{len(unreadable)} of the {len(images)} image files that {ann_file} references are not '
                              f'images: {format_listed(unreadable)}')
+    if too_large:
+        raise DataCheckError(f'{ann_file}: {len(too_large)} of its {len(images)} images are too large for the image '
+                             f'loader: {format_listed(too_large)}')
     if mismatches:
         raise DataCheckError(f'{ann_file}: {len(mismatches)} of its {len(images)} images differ in size from their '
                              f'annotation, so their boxes would not fit the pixels trained on: {format_listed(mismatches)}. '

@@ -7,6 +7,7 @@ stored size with the annotation's ``width``/``height``, and says once how many i
 """
 from __future__ import annotations
 
+import os
 import os.path as osp
 from collections import Counter
 from typing import Iterable, List, Optional, Tuple
@@ -17,14 +18,40 @@ EXIF_ORIENTATION_TAG = 0x0112
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 #: How many mismatches an error lists.
 MAX_LISTED = 5
+#: OpenCV's default limit on the pixels of an image it decodes (mmcv's default backend); the environment variable
+#: ``CV_IO_MAX_IMAGE_PIXELS`` changes it.
+OPENCV_MAX_PIXELS = 1 << 30
+
+
+def decodable_pixels() -> int:
+    """The most pixels an image may have for OpenCV to decode it (``CV_IO_MAX_IMAGE_PIXELS``, default 2^30)."""
+    try:
+        return int(os.environ.get('CV_IO_MAX_IMAGE_PIXELS', OPENCV_MAX_PIXELS))
+    except ValueError:
+        return OPENCV_MAX_PIXELS
+
+
+def too_many_pixels(size: Tuple[int, int]) -> Optional[str]:
+    """Why an image of ``size`` (width, height) cannot be decoded by OpenCV (``None``: it can)."""
+    limit = decodable_pixels()
+    if size[0] * size[1] <= limit:
+        return None
+    return (f'{size[0]}x{size[1]} = {size[0] * size[1]:,} pixels, more than OpenCV decodes (CV_IO_MAX_IMAGE_PIXELS='
+            f'{limit:,}): set that environment variable higher, or cut the image into tiles')
 
 
 def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], Optional[int], Optional[str]]:
     """``((width, height), EXIF orientation or None, None)`` of an image file from its header only, or
-    ``(None, None, what is wrong)`` when it is not an image Pillow can identify."""
+    ``(None, None, what is wrong)`` when it is not an image Pillow can identify.
+
+    Pillow's decompression-bomb limit (an error above 179 M pixels, a warning above 89 M) is lifted while the header
+    is read: nothing is decoded here, and large aerial or slide images are legitimate (:func:`too_many_pixels` says
+    which ones the loader cannot decode)."""
     from PIL import Image, UnidentifiedImageError
 
+    limit = Image.MAX_IMAGE_PIXELS
     try:
+        Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as image:
             size = image.size
             orientation = None
@@ -32,6 +59,8 @@ def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], Optional[int], Op
                 orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as error:
         return None, None, f'not an image Pillow can read ({type(error).__name__}: {error})'
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
     return size, orientation if isinstance(orientation, int) and orientation != 1 else None, None
 
 
@@ -48,15 +77,17 @@ def size_mismatch_hint(stored: Tuple[int, int], annotated: Tuple[int, int], orie
     return ''
 
 
-def check_image_headers(img_dir: str, images: Iterable[dict]) -> Tuple[List[str], Counter, List[str]]:
+def check_image_headers(img_dir: str, images: Iterable[dict]) -> Tuple[List[str], Counter, List[str], List[str]]:
     """Read the header of every image of ``images`` (COCO ``images`` entries, files under ``img_dir``).
 
     Returns:
-        ``(size mismatches, EXIF orientations found (value -> count), unreadable files)``, each mismatch as
+        ``(size mismatches, EXIF orientations found (value -> count), unreadable files, images too large to
+        decode (:func:`too_many_pixels`))``, each mismatch as
         ``image id N (file): the file is WxH (width x height) but the annotation says WxH`` with a hint.
     """
     mismatches: List[str] = []
     unreadable: List[str] = []
+    too_large: List[str] = []
     orientations: Counter = Counter()
     for image in images:
         path = osp.join(img_dir, image['file_name'])
@@ -64,6 +95,8 @@ def check_image_headers(img_dir: str, images: Iterable[dict]) -> Tuple[List[str]
         if problem is not None:
             unreadable.append(f'{path}: {problem}')
             continue
+        if too_many_pixels(size):
+            too_large.append(f'image id {image["id"]} ({path}): {too_many_pixels(size)}')
         if orientation is not None:
             orientations[orientation] += 1
         annotated = (image['width'], image['height'])
@@ -71,4 +104,4 @@ def check_image_headers(img_dir: str, images: Iterable[dict]) -> Tuple[List[str]
             mismatches.append(f'image id {image["id"]} ({path}): the file is {size[0]}x{size[1]} (width x height) but '
                               f'the annotation says {annotated[0]}x{annotated[1]}'
                               f'{size_mismatch_hint(size, annotated, orientation)}')
-    return mismatches, orientations, unreadable
+    return mismatches, orientations, unreadable, too_large

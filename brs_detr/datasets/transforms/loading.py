@@ -50,6 +50,10 @@ class CheckedLoadImageFromFile(LoadImageFromFile):
         self.color_type = IGNORE_ORIENTATION.get(self.color_type, self.color_type)
 
     def _cause(self, path: str, error: BaseException) -> str:
+        from ..image_headers import read_header, too_many_pixels
+        size = read_header(path)[0] if osp.isfile(path) else None
+        if size is not None and too_many_pixels(size):
+            return f'the image is {too_many_pixels(size)}'
         if isinstance(error, AssertionError) or not isinstance(error, OSError):
             size = osp.getsize(path) if osp.isfile(path) else None
             if size is not None:
