@@ -187,6 +187,25 @@ def test_annotation_sets_that_train_or_evaluate_wrongly_are_refused(toy_json, tm
         check_coco_file(ann_file, None, CLASSES, split=split)
 
 
+def test_polygons_far_from_their_box_are_invalid_where_masks_are_trained(toy_json, tmp_path):
+    """Polygons in normalised coordinates (a converter's mistake) trained masks in the top-left pixel for boxes
+    elsewhere, silently: now each is an invalid box (refused above max_invalid_box_fraction, else warned about); a
+    polygon that outlines its box passes, and a detector (no masks) does not look at them."""
+    def polygons(content: dict, scale: float = 1.0) -> None:
+        for ann in content['annotations']:
+            x, y, w, h = ann['bbox']
+            ann['segmentation'] = [[v * scale for v in (x, y, x + w, y, x + w, y + h, x, y + h)]]
+    ann_file = write_json(tmp_path / 'outlined.json', with_changes(toy_json, polygons))
+    check_coco_file(ann_file, None, CLASSES, with_mask=True)
+    ann_file = write_json(tmp_path / 'normalised.json', with_changes(toy_json, lambda d: polygons(d, 1 / 128)))
+    check_coco_file(ann_file, None, CLASSES)
+    first = toy_json['annotations'][0]['bbox']
+    with pytest.raises(DataCheckError, match=rf'17 of 17 boxes are invalid \(id 1: segmentation polygons span '
+                       rf'\[x1, y1, x2, y2\] = \[{first[0] / 128:g}, .*\], far from its bbox \[{first[0]}, .*\] '
+                       r'\(IoU 0.00; polygons in normalised coordinates\?\)'):
+        check_coco_file(ann_file, None, CLASSES, with_mask=True)
+
+
 def toy_cfg(ann_file: str, img_dir: Path, with_mask: bool = False) -> Config:
     """The toy config's training set on ``ann_file`` (masks loaded when ``with_mask``), prepared as tools/train.py
     prepares it."""

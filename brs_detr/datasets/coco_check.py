@@ -25,6 +25,8 @@ from .image_headers import check_image_headers
 
 #: Boxes narrower or lower than this are dropped by mmdet's CocoDataset (``w < 1 or h < 1``).
 MIN_BOX_SIZE = 1.0
+#: Least IoU of a segmentation's polygon extent with the annotation's box (COCO: 1, the box is their extent).
+MIN_POLYGON_BOX_IOU = 0.5
 #: Policies for invalid boxes.
 BOX_POLICIES = ('warn', 'error')
 #: How many offending items an error or warning lists.
@@ -228,6 +230,24 @@ def _box_problem(bbox: object, area: object, image: dict, tolerance: float) -> O
     return None
 
 
+def _polygon_problem(segmentation: object, bbox: Sequence[float]) -> Optional[str]:
+    """Whether the polygons of a well-formed segmentation outline the object of ``bbox``: the box around them must
+    overlap it by an IoU of at least :data:`MIN_POLYGON_BOX_IOU` (COCO's boxes are exactly the polygons' extent).
+    Polygons in normalised (0-1) coordinates, or of another image, would train masks far from their boxes."""
+    if not isinstance(segmentation, list):
+        return None  # an RLE: its size was checked against the image's
+    xs = [v for polygon in segmentation for v in polygon[0::2]]
+    ys = [v for polygon in segmentation for v in polygon[1::2]]
+    extent = (min(xs), min(ys), max(xs), max(ys))
+    x, y, w, h = bbox
+    inter = max(0, min(extent[2], x + w) - max(extent[0], x)) * max(0, min(extent[3], y + h) - max(extent[1], y))
+    union = w * h + (extent[2] - extent[0]) * (extent[3] - extent[1]) - inter
+    if union > 0 and inter / union >= MIN_POLYGON_BOX_IOU:
+        return None
+    return (f'segmentation polygons span [x1, y1, x2, y2] = [{", ".join(f"{v:g}" for v in extent)}], far from '
+            f'its bbox {list(bbox)} (IoU {inter / union if union > 0 else 0:.2f}; polygons in normalised coordinates?)')
+
+
 def _mmdet_keeps(bbox: Sequence[float], image: dict) -> bool:
     """Whether mmdet's ``CocoDataset`` keeps a well-formed box (it drops boxes under 1 px and those that do not
     overlap their image)."""
@@ -317,6 +337,8 @@ def check_coco_file(ann_file: str,
             continue
         objects[name] += not ann.get('iscrowd', False)
         problem = _box_problem(ann['bbox'], ann['area'], image, policy.outside_tolerance)
+        if problem is None and with_mask:
+            problem = _polygon_problem(ann.get('segmentation'), ann['bbox'])
         if problem is not None:
             report.invalid_boxes.append((ann_id, problem))
         annotated_images.add(ann['image_id'])
