@@ -195,6 +195,13 @@ def test_category_ids_not_in_the_file(toy):
     with pytest.raises(DataCheckError, match=rf'annotation id {content["annotations"][4]["id"]} has category_id 9, '
                        r'which is not in "categories" \(ids: 1, 2, 3\)'):
         check_train(toy)
+    for key in ('category_id', 'image_id'):  # ids written as strings by a CSV converter, say
+        content = annotations(toy)
+        content['annotations'][0][key] = str(content['annotations'][0][key])
+        save(toy, content)
+        with pytest.raises(DataCheckError, match=rf"{key.replace('_', '.?')} '\d+', which is not in .*\(here a string, "
+                           r"the id \d+ an integer: write every id the same way\)"):
+            check_train(toy)
 
 
 def test_config_classes_must_be_categories_of_the_file_in_its_order(toy):
@@ -202,6 +209,9 @@ def test_config_classes_must_be_categories_of_the_file_in_its_order(toy):
     with pytest.raises(DataCheckError, match=r"the config's classes \['rect'\] are not categories of this file \(its "
                        r'categories: rectangle, ellipse, triangle\)'):
         check_coco_file(ann_file, None, ('rect', 'ellipse'))
+    with pytest.raises(DataCheckError, match=r"\(its categories: rectangle, ellipse, triangle\) \('Rectangle' is "
+                       r"'rectangle' there; 'ellipse ' is 'ellipse' there: names must match exactly, case and spaces"):
+        check_coco_file(ann_file, None, ('Rectangle', 'ellipse '))
     with pytest.raises(DataCheckError, match=r"another order than the file \(\['ellipse', 'rectangle'\] vs "
                        r"\['rectangle', 'ellipse'\]\)"):
         check_coco_file(ann_file, None, ('ellipse', 'rectangle'))

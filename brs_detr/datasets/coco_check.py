@@ -190,9 +190,12 @@ def _check_categories(ann_file: str, categories: List[dict], classes: Sequence[s
     _check_unique_class_names(ann_file, categories, classes)
     absent = [name for name in classes if name not in file_names]
     if absent:
+        near = [f'{name!r} is {file_name!r} there' for name in absent for file_name in file_names
+                if str(name).strip().casefold() == str(file_name).strip().casefold()]
+        hint = f' ({"; ".join(near)}: names must match exactly, case and spaces too)' if near else ''
         raise DataCheckError(f'{ann_file}: the config\'s classes {absent} are not categories of this file (its '
-                             f'categories: {format_listed(file_names, 20)}). Set metainfo=dict(classes=...) in the '
-                             f'dataset config to the names the file uses.')
+                             f'categories: {format_listed(file_names, 20)}){hint}. Set metainfo=dict(classes=...) in '
+                             f'the dataset config to the names the file uses.')
     in_file_order = [name for name in file_names if name in classes]
     if in_file_order != list(classes):
         raise DataCheckError(f'{ann_file}: the config lists its classes in another order than the file '
@@ -214,6 +217,16 @@ def _check_unique_class_names(ann_file: str, categories: List[dict], classes: Se
         raise DataCheckError(f'{ann_file}: several categories share a name the config trains ({listed}); mmdet would '
                              f'number each id as a class of its own, more labels than the model has classes. Merge '
                              f'them into one category.')
+
+
+def _type_hint(value: object, ids: Dict[object, object]) -> str:
+    """`` (...)`` when ``value`` is a key of ``ids`` written as another type (``"3"`` for ``3``), else ``''``."""
+    same_text = [key for key in ids if str(key) == str(value)]
+    if not same_text:
+        return ''
+    kinds = {str: 'a string', int: 'an integer', float: 'a float'}
+    return (f' (here {kinds.get(type(value), type(value).__name__)}, the id {same_text[0]!r} '
+            f'{kinds.get(type(same_text[0]), type(same_text[0]).__name__)}: write every id the same way)')
 
 
 def _box_problem(bbox: object, area: object, image: dict, tolerance: float) -> Optional[str]:
@@ -316,12 +329,13 @@ def check_coco_file(ann_file: str,
         seen_ids.add(ann_id)
         image = images.get(ann['image_id'])
         if image is None:
-            raise DataCheckError(f'{ann_file}: annotation id {ann_id} refers to image id {ann["image_id"]}, which '
-                                 f'is not in "images"')
+            raise DataCheckError(f'{ann_file}: annotation id {ann_id} refers to image id {ann["image_id"]!r}, which '
+                                 f'is not in "images"{_type_hint(ann["image_id"], images)}')
         name = category_names.get(ann['category_id'])
         if name is None:
-            raise DataCheckError(f'{ann_file}: annotation id {ann_id} has category_id {ann["category_id"]}, which is '
-                                 f'not in "categories" (ids: {format_listed(sorted(category_names, key=str), 20)})')
+            raise DataCheckError(f'{ann_file}: annotation id {ann_id} has category_id {ann["category_id"]!r}, which '
+                                 f'is not in "categories" (ids: {format_listed(sorted(category_names, key=str), 20)})'
+                                 f'{_type_hint(ann["category_id"], category_names)}')
         if name not in trained:
             ignored[name] += 1
             continue
