@@ -107,6 +107,36 @@ def test_data_check_refuses_a_file_that_is_no_image(tmp_path):
         check_coco_file(ann_file, str(tmp_path / 'images'), ['rectangle'])
 
 
+def test_test_drawings_use_the_stored_pixels_and_one_file_per_image(tmp_path):
+    """tools/test.py --show-dir: mmdet's DetVisualizationHook drew the boxes of a tagged JPEG on the turned image
+    (60 x 40 stored, drawn 40 x 60) and saved cam0/0001.jpg and cam1/0001.jpg both as 0001.jpg (one drawing lost)."""
+    from types import SimpleNamespace
+
+    import mmcv
+    import torch
+    from mmdet.structures import DetDataSample
+    from mmdet.visualization import DetLocalVisualizer
+    from mmengine.structures import InstanceData
+
+    from brs_detr.engine.hooks import StoredPixelsVisualizationHook
+    for camera, orientation in (('cam0', 6), ('cam1', 1)):
+        (tmp_path / camera).mkdir()
+        exif_jpeg(tmp_path / camera / '0001.jpg', 60, 40, orientation)
+    DetLocalVisualizer.get_instance('test_drawings', save_dir=str(tmp_path / 'vis'))
+    samples = []
+    for camera in ('cam0', 'cam1'):
+        sample = DetDataSample(metainfo=dict(img_path=str(tmp_path / camera / '0001.jpg')))
+        sample.pred_instances = InstanceData(bboxes=torch.tensor([[2., 2., 20., 20.]]), scores=torch.tensor([0.9]),
+                                             labels=torch.tensor([0]))
+        samples.append(sample)
+    hook = StoredPixelsVisualizationHook(draw=True, test_out_dir='show')
+    hook.after_test_iter(SimpleNamespace(work_dir=str(tmp_path), timestamp='ts'), 0, {}, samples)
+    drawn = sorted(path.name for path in (tmp_path / 'ts' / 'show').iterdir())
+    assert drawn == ['0001.jpg', 'cam1_0001.jpg']
+    # ground truth and predictions side by side, each 60 x 40 as stored and predicted (mmdet: 80 x 60 in all)
+    assert mmcv.imread(str(tmp_path / 'ts' / 'show' / '0001.jpg')).shape == (40, 120, 3)
+
+
 def png_header_only(path: Path, width: int, height: int) -> None:
     """A PNG whose header says ``width`` x ``height`` (its pixel data is a stub: only the header is read)."""
     def chunk(kind: bytes, data: bytes) -> bytes:

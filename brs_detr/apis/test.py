@@ -68,6 +68,8 @@ def enable_visualization(cfg: Config, show: bool, show_dir: Optional[str], wait_
     if 'visualization' not in hooks:
         raise ToolInputError('--show/--show-dir need default_hooks.visualization=dict(type="DetVisualizationHook") '
                              'in the config')
+    from brs_detr.engine.reliability import draw_stored_pixels
+    draw_stored_pixels(cfg)  # the pixels the model saw, one file per image
     hook = hooks['visualization']
     hook['draw'] = True
     if show:

@@ -11,6 +11,7 @@ from .hooks.non_finite_loss_hook import ACTIONS
 REPLACEMENTS = {
     'CheckpointHook': 'CrashSafeCheckpointHook',
     'EpochBasedTrainLoop': 'ResumableEpochBasedTrainLoop',
+    'DetVisualizationHook': 'StoredPixelsVisualizationHook',
 }
 NON_FINITE_LOSS_HOOK = 'NonFiniteLossHook'
 
@@ -32,14 +33,23 @@ def use_resumable_training(cfg: Config) -> None:
 
     ``default_hooks.checkpoint`` ``CheckpointHook`` -> :class:`~brs_detr.engine.hooks.CrashSafeCheckpointHook`;
     ``train_cfg`` ``EpochBasedTrainLoop`` (or ``by_epoch=True``) ->
-    :class:`~brs_detr.engine.runner.ResumableEpochBasedTrainLoop`. Components of other types are left alone.
+    :class:`~brs_detr.engine.runner.ResumableEpochBasedTrainLoop`; ``default_hooks.visualization``
+    ``DetVisualizationHook`` -> :class:`~brs_detr.engine.hooks.StoredPixelsVisualizationHook` (draws on the pixels the
+    model saw, one file per image). Components of other types are left alone.
     """
     _replace_type(cfg.get('default_hooks', {}).get('checkpoint'))
+    draw_stored_pixels(cfg)
     train_cfg = cfg.get('train_cfg')
     if isinstance(train_cfg, dict) and 'type' not in train_cfg and train_cfg.get('by_epoch', False):
         train_cfg.pop('by_epoch')
         train_cfg['type'] = 'EpochBasedTrainLoop'
     _replace_type(train_cfg)
+
+
+def draw_stored_pixels(cfg: Config) -> None:
+    """``default_hooks.visualization`` ``DetVisualizationHook`` ->
+    :class:`~brs_detr.engine.hooks.StoredPixelsVisualizationHook` (same arguments; other types are left alone)."""
+    _replace_type(cfg.get('default_hooks', {}).get('visualization'))
 
 
 def guard_non_finite_loss(cfg: Config, action: Optional[str] = None,
