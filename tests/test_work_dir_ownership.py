@@ -159,3 +159,25 @@ def test_test_run_leaves_the_training_runs_config_dump(in_toy_root, tmp_path):
 def in_toy_root(toy_coco_root, monkeypatch) -> Path:
     monkeypatch.chdir(toy_coco_root.parents[1])
     return toy_coco_root.parents[1]
+
+
+def test_resuming_with_another_config_names_the_changed_settings():
+    """A checkpoint of another experiment in the same work_dir (or a schedule changed on purpose) resumes with a
+    warning listing what changed; the same config (tuples read back from the saved text as lists) lists nothing."""
+    from mmengine.config import Config
+
+    from brs_detr.engine.runner.config_changes import config_changes, describe_config_changes
+    for path in (TOY_CONFIG, REPO_ROOT / 'configs' / 'brs_detr' / 'brs-detr_r50_4xb4-12e_coco.py'):
+        cfg = Config.fromfile(str(path))
+        assert config_changes(cfg.pretty_text, cfg) == [], path
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    saved = cfg.pretty_text
+    cfg.merge_from_dict({'train_cfg.max_epochs': 24, 'optim_wrapper.optimizer.lr': 0.5, 'work_dir': 'elsewhere',
+                         'resume': True})
+    del cfg.model.bbox_head.loss_cls['gamma']
+    changes = config_changes(saved, cfg)
+    assert sorted(changes) == ['model.bbox_head.loss_cls.gamma (2.0 -> unset)',
+                               'optim_wrapper.optimizer.lr (0.002 -> 0.5)', 'train_cfg.max_epochs (12 -> 24)'], changes
+    assert describe_config_changes('wd/epoch_3.pth', changes).startswith(
+        'resuming from wd/epoch_3.pth, saved by a run whose config differs from this one in 3 setting(s): ')
+    assert config_changes('this is not a config (', cfg) == []

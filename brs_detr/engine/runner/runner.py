@@ -19,6 +19,7 @@ from brs_detr.fileio.checkpoint import CheckpointReadError, check_checkpoint_rea
 from ..work_dir import LAST_CHECKPOINT_MARKER, RESUMABLE_CHECKPOINT, resolve_last_checkpoint
 from .checkpoint_fit import state_dict_fit
 from .class_weights import checkpoint_num_classes, class_dependent_weights
+from .config_changes import config_changes, describe_config_changes
 from .model_build import named_build_errors
 
 #: How strictly a checkpoint loaded with ``load_from`` must fit the model (resuming is always exact):
@@ -112,6 +113,9 @@ class ReliableRunner(Runner):
         not fit (a missing, unexpected or reshaped weight that is not a class layer) is refused: no silent partial
         load;
       - ``checkpoint_fit='weights'`` (testing) refuses any missing or reshaped weight.
+
+      Resuming from a checkpoint saved with other settings (another experiment in the same work_dir, or a schedule
+      changed on purpose) logs the changed config keys as a warning (:mod:`~brs_detr.engine.runner.config_changes`).
 
       A missing BatchNorm ``num_batches_tracked`` counter is tolerated (it does not change predictions). The error
       (:class:`CheckpointFitError`) names the file, counts what fits and lists the first mismatching keys with
@@ -236,6 +240,11 @@ class ReliableRunner(Runner):
         # mmengine loads the weights of a test-time-augmentation model into its detector (tools/test.py --tta)
         detector = model.module if isinstance(model, BaseTTAModel) else model
         keep_initialised = set(self._check_fit(filename, checkpoint, detector, revise_keys))
+        saved_cfg = (checkpoint.get('meta') or {}).get('cfg') if isinstance(checkpoint, dict) else None
+        if self._resuming and isinstance(saved_cfg, str):
+            changes = config_changes(saved_cfg, self.cfg)
+            if changes:
+                self.logger.warning(describe_config_changes(filename, changes))
         if keep_initialised:  # loaded with the model's own values: everything else must load exactly
             model_state = detector.state_dict()
             state = checkpoint.get('state_dict', checkpoint)
