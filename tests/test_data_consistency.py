@@ -102,8 +102,25 @@ def test_data_check_refuses_a_file_that_is_no_image(tmp_path):
     """Found by the header read before training, not when its batch comes."""
     ann_file = photo_dataset(tmp_path, (60, 40))
     (tmp_path / 'images' / 'b.jpg').write_text('<html>404 Not Found</html>')  # a failed download, say
-    with pytest.raises(DataCheckError, match=rf'1 of the 2 image files that {ann_file} references are not images: '
-                       rf'{tmp_path}/images/b.jpg: not an image Pillow can read'):
+    with pytest.raises(DataCheckError, match=rf'1 of the 2 image files that {ann_file} references are not images '
+                       rf'the loader can decode: {tmp_path}/images/b.jpg: not an image Pillow can read'):
+        check_coco_file(ann_file, str(tmp_path / 'images'), ['rectangle'])
+
+
+def test_data_check_refuses_a_tiff_opencv_cannot_decode(tmp_path):
+    """Pillow reads a TIFF of 32-bit float samples, OpenCV (mmcv's decoder) does not: the loader said "truncated or
+    corrupt?" when its batch came."""
+    import numpy as np
+    from PIL import Image
+
+    ann_file = photo_dataset(tmp_path, (60, 40))
+    content = json.loads(Path(ann_file).read_text())
+    content['images'][1]['file_name'] = 'depth.tif'
+    Path(ann_file).write_text(json.dumps(content))
+    size = (content['images'][1]['height'], content['images'][1]['width'])
+    Image.fromarray(np.zeros(size, np.float32), mode='F').save(tmp_path / 'images' / 'depth.tif')
+    with pytest.raises(DataCheckError, match=rf'{tmp_path}/images/depth.tif: a TIFF of 32-bit samples \(Pillow mode '
+                       r'F\), which OpenCV, the decoder of mmcv\'s image loading, cannot decode'):
         check_coco_file(ann_file, str(tmp_path / 'images'), ['rectangle'])
 
 

@@ -526,7 +526,7 @@ def check_image_sizes(ann_file: str, img_dir: str, images: List[dict]) -> Dict[i
     mismatches, orientations, unreadable, too_large = check_image_headers(img_dir, images)
     if unreadable:
         raise DataCheckError(f'{len(unreadable)} of the {len(images)} image files that {ann_file} references are not '
-                             f'images: {format_listed(unreadable)}')
+                             f'images the loader can decode: {format_listed(unreadable)}')
     if too_large:
         raise DataCheckError(f'{ann_file}: {len(too_large)} of its {len(images)} images are too large for the image '
                              f'loader: {format_listed(too_large)}')

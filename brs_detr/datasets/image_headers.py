@@ -23,6 +23,10 @@ MAX_LISTED = 5
 OPENCV_MAX_PIXELS = 1 << 30
 
 
+#: Pillow modes of TIFF files whose 32-bit samples OpenCV refuses ("can not handle images with 32-bit samples").
+OPENCV_UNDECODABLE_TIFF_MODES = ('F', 'I')
+
+
 def decodable_pixels() -> int:
     """The most pixels an image may have for OpenCV to decode it (``CV_IO_MAX_IMAGE_PIXELS``, default 2^30)."""
     try:
@@ -42,7 +46,8 @@ def too_many_pixels(size: Tuple[int, int]) -> Optional[str]:
 
 def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], Optional[int], Optional[str]]:
     """``((width, height), EXIF orientation or None, None)`` of an image file from its header only, or
-    ``(None, None, what is wrong)`` when it is not an image Pillow can identify.
+    ``(None, None, what is wrong)`` when it is not an image Pillow can identify, or a TIFF of 32-bit samples, which
+    Pillow reads but OpenCV (the loader's decoder) does not.
 
     Pillow's decompression-bomb limit (an error above 179 M pixels, a warning above 89 M) is lifted while the header
     is read: nothing is decoded here, and large aerial or slide images are legitimate (:func:`too_many_pixels` says
@@ -54,6 +59,9 @@ def read_header(path: str) -> Tuple[Optional[Tuple[int, int]], Optional[int], Op
         Image.MAX_IMAGE_PIXELS = None
         with Image.open(path) as image:
             size = image.size
+            if image.format == 'TIFF' and image.mode in OPENCV_UNDECODABLE_TIFF_MODES:
+                return None, None, (f'a TIFF of 32-bit samples (Pillow mode {image.mode}), which OpenCV, the decoder '
+                                    f'of mmcv\'s image loading, cannot decode: convert it to 8 or 16 bits')
             orientation = None
             if image.format != 'PNG' or 'exif' in image.info:  # a PNG's full EXIF lookup would decode the image
                 orientation = image.getexif().get(EXIF_ORIENTATION_TAG)
