@@ -29,8 +29,9 @@ KNOWN_WARNINGS = (
     # mmengine's visualizer on boxes / polygons that leave the image (predictions of an untrained model)
     'ignore:Warning. The bbox is out of bounds:UserWarning:mmengine.visualization.visualizer',
     'ignore:Warning. The polygon is out of bounds:UserWarning:mmengine.visualization.visualizer',
-    # several Runners in one process each ask for the visualizer instance named by the config
-    'ignore:.* instance named of visualizer has been created:UserWarning:mmengine.utils.manager',
+    # several Runners in one process each ask for the visualizer instance named by the config, and for the logger
+    # named by the config and the start time (two Runners of one config started within the same second)
+    'ignore:.* instance named of .* has been created:UserWarning:mmengine.utils.manager',
     # distributed runs: mmengine sets OMP/MKL_NUM_THREADS=1 when unset and says so
     'ignore:Setting (OMP|MKL)_NUM_THREADS environment variable for each process:UserWarning:'
     'mmengine.utils.dl_utils.setup_env',
@@ -45,6 +46,9 @@ KNOWN_WARNINGS = (
     'torch.onnx._internal.torchscript_exporter.utils',
     'ignore:Constant folding - Only steps=1 can be constant folded:UserWarning:'
     'torch.onnx._internal.torchscript_exporter',
+    # numpy 2 on a torch tensor passed to a numpy function (mmengine's visualizer draws with tensors)
+    'ignore:__array_wrap__ must accept context and return_scalar arguments:DeprecationWarning:'
+    'numpy._core.fromnumeric',
     # mmdet's FCNMaskHead copies already activated masks with new_tensor (Cascade Mask R-CNN's merged stages)
     'ignore:To copy construct from a tensor, it is recommended to use:UserWarning:'
     'mmdet.models.roi_heads.mask_heads.fcn_mask_head',
