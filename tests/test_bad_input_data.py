@@ -112,6 +112,14 @@ def test_empty_image_file(toy):
         check_train(toy)
 
 
+def test_image_file_that_is_a_folder(toy):
+    """A folder named like the image (an unpacked archive): was 'not an image Pillow can read (IsADirectoryError)'."""
+    (toy / 'train' / '000002.png').unlink()
+    (toy / 'train' / '000002.png').mkdir()
+    with pytest.raises(DataCheckError, match=r'1 of the 8 image files .* are folders, not files: .*000002.png$'):
+        check_train(toy)
+
+
 def test_unreadable_image_file(toy, monkeypatch):
     """(Permissions cannot be taken away from root, who runs CI: ``os.access`` answers for the file here.)"""
     import os

@@ -24,6 +24,7 @@ from mmengine.registry import DefaultScope
 from PIL import Image
 
 from brs_detr.datasets import CheckedLoadImageFromFile, DataCheckError, ImageLoadError, check_coco_file
+from brs_detr.datasets.coco_check import DataCheckPolicy
 from brs_detr.datasets.data_check import check_datasets, use_checked_loading
 from reliability_utils import TOY_CONFIG
 
@@ -225,7 +226,15 @@ def share_first_file(content: dict) -> None:
      r'the whole val inference\)'),
     (lambda d: [a.update(iscrowd='0') for a in d['annotations']], 'train', r"17 of 17 boxes are invalid \(id 1: "
      r"iscrowd '0' is not 0 or 1"),
-], ids=['two-entries-of-one-file', 'val-without-iscrowd', 'iscrowd-strings'])
+    (lambda d: d['annotations'].extend([dict(a, id=a['id'] + 1000) for a in d['annotations']]), 'train',
+     r'34 boxes are invalid \(id 1001: repeats annotation id 1 \(same image, category and box\).*systematic error '
+     r'\(the file lists its annotations twice \(two exports merged, or one exported twice\)\?\)'),
+    (lambda d: [a.update(bbox=[v / 128 for v in a['bbox']]) for a in d['annotations']], 'train',
+     r'systematic error \(boxes in normalised 0-1 coordinates, as YOLO writes them, instead of pixels\?\)'),
+    (lambda d: d.update(categories=[], annotations=[]), 'train', r'"categories" is empty: the file names no class '
+     r'\(the config trains rectangle, ellipse, triangle\)'),
+], ids=['two-entries-of-one-file', 'val-without-iscrowd', 'iscrowd-strings', 'annotations-twice', 'normalised-boxes',
+        'no-categories'])
 def test_annotation_sets_that_train_or_evaluate_wrongly_are_refused(toy_json, tmp_path, change, split, message):
     """mmdet trains on each entry of a file listed twice with half of its objects as background, ignores every
     object with ``iscrowd: "0"``, and pycocotools ends the evaluation with ``KeyError: 'iscrowd'``."""
@@ -284,8 +293,9 @@ def test_malformed_boxes_reported_as_dropped_are_dropped(toy_coco_root, tmp_path
     crashes on three boxes and on the missing area, trains on the infinite box and ignores the "0" crowd as a crowd);
     every trained box is finite."""
     big = json.loads((toy_coco_root / 'annotations' / 'instances_train.json').read_text())
-    big['annotations'] = [dict(a, id=a['id'] + 100 * copy_index) for copy_index in range(9)
-                          for a in big['annotations'] if copy_index == 0 or a['id'] <= 16]
+    big['annotations'] = [dict(a, id=a['id'] + 100 * copy_index,  # moved a little: not repeats of each other
+                               bbox=[a['bbox'][0] + 0.01 * copy_index, *a['bbox'][1:]])
+                          for copy_index in range(9) for a in big['annotations'] if copy_index == 0 or a['id'] <= 16]
     for ann in big['annotations']:
         if ann['id'] in MALFORMED_BOXES:
             ann['bbox'] = MALFORMED_BOXES[ann['id']]
@@ -300,12 +310,38 @@ def test_malformed_boxes_reported_as_dropped_are_dropped(toy_coco_root, tmp_path
     assert dict(report.malformed)[NO_AREA] == 'no "area"'
     assert dict(report.malformed)[CROWD_STRING] == "iscrowd '0' is not 0 or 1"
     assert sorted(ann_id for ann_id, _ in report.malformed) == sorted([*MALFORMED_BOXES, NO_AREA, CROWD_STRING])
-    assert any('id 4: bbox [10, 10, inf, 20] is not 4 finite numbers' in w and 'brs-detr drops the 7 malformed ones'
-               in w for w in report.warnings)
+    assert any('id 4: bbox [10, 10, inf, 20] is not 4 finite numbers' in w
+               and 'brs-detr drops the 7 malformed or repeated ones' in w for w in report.warnings)
     dataset = build_train_set(cfg)
     boxes = [instance['bbox'] for i in range(len(dataset)) for instance in dataset.get_data_info(i)['instances']]
     assert len(boxes) == len(big['annotations']) - len(MALFORMED_BOXES) - 2 == report.trainable
     assert all(math.isfinite(v) for box in boxes for v in box)
+
+
+def test_repeated_annotations_are_listed_and_trained_once(toy_coco_root, toy_json, tmp_path):
+    """Three annotations listed twice (same image, category and box; a merge of two exports): mmdet trained each
+    object twice, teaching one-to-one matching to predict it twice, and the evaluation counted the repeats as
+    objects no detection can match. Now the check lists them, the dataset drops them, and on a val file the warning
+    says what they do to the mAP."""
+    repeated = {2: 1002, 5: 1005, 9: 1009}
+    content = with_changes(toy_json, lambda d: d['annotations'].extend(
+        dict(a, id=repeated[a['id']]) for a in list(d['annotations']) if a['id'] in repeated))
+    ann_file = write_json(tmp_path / 'ann.json', content)
+    cfg = toy_cfg(ann_file, toy_coco_root / 'train')
+    cfg.data_check = dict(max_invalid_box_fraction=0.2)
+    report, = check_datasets(cfg, ['train'])
+    assert report.repeated == [(copy, first) for first, copy in repeated.items()]
+    assert report.trainable == len(toy_json['annotations'])
+    assert any('id 1002: repeats annotation id 2 (same image, category and box)' in w and
+               'brs-detr drops the 3 malformed or repeated ones' in w for w in report.warnings)
+    dataset = build_train_set(cfg)
+    boxes = [(dataset.get_data_info(i)['img_id'], tuple(instance['bbox'])) for i in range(len(dataset))
+             for instance in dataset.get_data_info(i)['instances']]
+    assert len(boxes) == len(set(boxes)) == len(toy_json['annotations'])
+    val_report = check_coco_file(ann_file, None, CLASSES, split='val', policy=DataCheckPolicy(
+        max_invalid_box_fraction=0.2))
+    assert any('the val evaluation reads the file itself and counts each of the 3 repeats as one more object that '
+               'no detection can match' in w for w in val_report.warnings)
 
 
 def test_malformed_segmentations_are_dropped_where_masks_are_used(toy_coco_root, toy_json, tmp_path):

@@ -7,6 +7,10 @@ is ignored. With masks, ``LoadAnnotations`` crashes on a missing
 or empty segmentation (``KeyError: 'mask'``) and on an RLE of another size, rasterises garbage from a corrupt RLE
 string, and exhausts the memory on a polygon holding ``null`` or NaN.
 
+An annotation that repeats an earlier one of its image (same category, box and crowd flag: a file merged from two
+exports, or exported twice) would train the object twice; for one-to-one matching (DETR's Hungarian assigner) the
+model is taught to predict it twice, and an evaluation counts the repeat as one more object no detection can match.
+
 These checks are the single definition of "malformed" for both sides: the data check reports the annotations they
 reject (:mod:`brs_detr.datasets.coco_check`) and :class:`~brs_detr.datasets.checked_datasets.ValidAnnotationsMixin`
 drops exactly those before mmdet sees them. Degenerate but well-formed boxes (under 1 px, zero area, entirely outside
@@ -15,7 +19,7 @@ the image) are left to mmdet, which drops them itself.
 from __future__ import annotations
 
 import math
-from typing import Any, List, Optional
+from typing import Any, Hashable, List, Optional
 
 #: First and last character of COCO's compressed RLE strings (6 bits per character, offset 48).
 RLE_FIRST_CHAR, RLE_LAST_CHAR = 48, 48 + 63
@@ -118,3 +122,11 @@ def annotation_problem(ann: dict, image: dict, with_mask: bool) -> Optional[str]
     if problem is None and with_mask:
         problem = segmentation_problem(ann.get('segmentation'), image.get('height'), image.get('width'))
     return problem
+
+
+def repeat_key(ann: dict) -> Hashable:
+    """What two annotations of one image share when one repeats the other: image, category, box, crowd and ignore
+    flags.
+    Only for annotations :func:`annotation_problem` accepts (``bbox`` is four numbers)."""
+    return (ann.get('image_id'), ann.get('category_id'), tuple(ann['bbox']), bool(ann.get('iscrowd', False)),
+            bool(ann.get('ignore', False)))

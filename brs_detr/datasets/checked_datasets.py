@@ -13,7 +13,7 @@ from mmengine.logging import print_log
 from mmdet.datasets import CityscapesDataset, CocoDataset
 from mmdet.registry import DATASETS
 
-from .annotation_validity import annotation_problem
+from .annotation_validity import annotation_problem, repeat_key
 
 
 class ValidAnnotationsMixin:
@@ -22,7 +22,8 @@ class ValidAnnotationsMixin:
 
     What changed, and why: mmdet crashes on a box of three numbers, strings or ``null`` and on a missing area,
     trains on a box of infinite size, and (with masks) crashes on a missing segmentation or an RLE of another size,
-    rasterises garbage from a corrupt RLE and exhausts the memory on a polygon holding ``null``. The data check
+    rasterises garbage from a corrupt RLE and exhausts the memory on a polygon holding ``null``; an annotation repeated
+    in the file (same image, category and box) trains its object twice. The data check
     reports these annotations (file, ids, what is wrong; refused above ``data_check.max_invalid_box_fraction``);
     here they are dropped, so that nothing malformed reaches the model even with ``--skip-data-check``. Everything
     else is the parent's.
@@ -40,7 +41,11 @@ class ValidAnnotationsMixin:
     def parse_data_info(self, raw_data_info: dict) -> Union[dict, List[dict]]:
         image = raw_data_info['raw_img_info']
         annotations = raw_data_info['raw_ann_info']
-        kept = [ann for ann in annotations if annotation_problem(ann, image, self.with_mask) is None]
+        kept, seen = [], set()
+        for ann in annotations:
+            if annotation_problem(ann, image, self.with_mask) is None and repeat_key(ann) not in seen:
+                seen.add(repeat_key(ann))
+                kept.append(ann)
         self.num_dropped_annotations += len(annotations) - len(kept)
         return super().parse_data_info({**raw_data_info, 'raw_ann_info': kept})
 
@@ -48,8 +53,8 @@ class ValidAnnotationsMixin:
         self.num_dropped_annotations = 0
         data_list = super().load_data_list()
         if self.num_dropped_annotations:
-            print_log(f'{self.ann_file}: {self.num_dropped_annotations} malformed annotations dropped (the data check '
-                      f'lists them)', logger='current', level=logging.WARNING)
+            print_log(f'{self.ann_file}: {self.num_dropped_annotations} malformed or repeated annotations dropped (the '
+                      f'data check lists them)', logger='current', level=logging.WARNING)
         return data_list
 
 

@@ -20,7 +20,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 from mmengine.logging import print_log
 
-from .annotation_validity import annotation_problem
+from .annotation_validity import annotation_problem, repeat_key
 from .image_headers import check_image_headers
 
 #: Boxes narrower or lower than this are dropped by mmdet's CocoDataset (``w < 1 or h < 1``).
@@ -91,6 +91,11 @@ class CocoCheckReport:
     trainable: int = 0
     #: Annotations of the config's classes marked ``iscrowd`` (mmdet ignores them in training) or ``ignore``.
     crowd_or_ignored: int = 0
+    #: ``(annotation id, id of the earlier annotation it repeats)`` (also in ``malformed``): same image, category,
+    #: box and crowd flag (:func:`~brs_detr.datasets.annotation_validity.repeat_key`).
+    repeated: List[Tuple[object, object]] = field(default_factory=list)
+    #: Every well-formed box lies within [0, 1] (normalised coordinates, as YOLO writes them).
+    normalised_boxes: bool = False
     #: EXIF orientation value -> number of images carrying it (read from the headers; brs-detr ignores the tag).
     exif_orientations: Dict[int, int] = field(default_factory=dict)
 
@@ -187,6 +192,9 @@ def _check_categories(ann_file: str, categories: List[dict], classes: Sequence[s
                                  f'both would train as {category["name"]}')
         names[category['id']] = category['name']
     file_names = [category['name'] for category in categories]
+    if not file_names:
+        raise DataCheckError(f'{ann_file}: "categories" is empty: the file names no class (the config trains '
+                             f'{format_listed(list(classes), 20)})')
     _check_unique_class_names(ann_file, categories, classes)
     absent = [name for name in classes if name not in file_names]
     if absent:
@@ -319,6 +327,8 @@ def check_coco_file(ann_file: str,
     ignored: Counter = Counter()
     objects: Counter = Counter()
     without_crowd_flag: List[object] = []
+    first_of: Dict[object, object] = {}
+    largest_coordinate = 0.0
     for position, ann in enumerate(content['annotations']):
         if not isinstance(ann, dict) or not all(key in ann for key in ('id', 'image_id', 'category_id', 'bbox')):
             raise DataCheckError(f'{ann_file}: annotations[{position}] needs "id", "image_id", "category_id" and '
@@ -349,6 +359,15 @@ def check_coco_file(ann_file: str,
             report.malformed.append((ann_id, malformed))
             report.invalid_boxes.append((ann_id, malformed))
             continue
+        first = first_of.setdefault(repeat_key(ann), ann_id)
+        if first != ann_id:
+            repeated = f'repeats annotation id {first} (same image, category and box)'
+            report.repeated.append((ann_id, first))
+            report.malformed.append((ann_id, repeated))
+            report.invalid_boxes.append((ann_id, repeated))
+            continue
+        x, y, w, h = ann['bbox']
+        largest_coordinate = max(largest_coordinate, abs(x), abs(y), abs(x + w), abs(y + h))
         objects[name] += not ann.get('iscrowd', False)
         problem = _box_problem(ann['bbox'], ann['area'], image, policy.outside_tolerance)
         if problem is None and with_mask:
@@ -363,13 +382,14 @@ def check_coco_file(ann_file: str,
     report.ignored_categories = dict(ignored)
     report.objects_per_class = {name: objects[name] for name in classes}
     report.empty_images = len(images) - len(annotated_images)
+    report.normalised_boxes = bool(first_of) and largest_coordinate <= 1.0
     if without_crowd_flag and split != 'train' and not format_only:
         raise DataCheckError(f'{ann_file}: {len(without_crowd_flag)} annotations have no "iscrowd" (ids '
                              f'{format_listed(without_crowd_flag)}); COCO\'s evaluation reads it from every annotation '
                              f'(KeyError: \'iscrowd\' after the whole {split} inference). Add "iscrowd": 0 (1 for '
                              f'a crowd region).')
     _judge_malformed(report, drops_malformed, dataset_type)
-    _judge(report, policy, filter_empty_gt)
+    _judge(report, policy, filter_empty_gt, split)
     report.warnings += _class_count_warnings(report, training)
     _judge_nothing_to_learn(report, split, format_only)
     if policy.check_image_files and img_dir is not None:
@@ -413,7 +433,16 @@ def _judge_malformed(report: CocoCheckReport, drops_malformed: bool, dataset_typ
                              f'drops them only for CocoDataset and CityscapesDataset). Fix them in the file.')
 
 
-def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bool) -> None:
+def _systematic_cause(report: CocoCheckReport) -> str:
+    """The likely cause of a file with many invalid boxes, as a question for the message."""
+    if len(report.repeated) * 2 > len(report.invalid_boxes):
+        return 'the file lists its annotations twice (two exports merged, or one exported twice)?'
+    if report.normalised_boxes:
+        return 'boxes in normalised 0-1 coordinates, as YOLO writes them, instead of pixels?'
+    return 'boxes as [x1, y1, x2, y2] instead of COCO\'s [x, y, w, h]? boxes of resized images?'
+
+
+def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bool, split: str = 'train') -> None:
     """Turn the findings into warnings, or a :class:`DataCheckError` where the policy says so."""
     ann_file = report.ann_file
     trained = report.num_annotations - sum(report.ignored_categories.values())
@@ -433,11 +462,15 @@ def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bo
                                  'degenerate ones, as mmdet does.')
         if fraction > policy.max_invalid_box_fraction:
             raise DataCheckError(f'{summary}: {fraction:.1%} is more than data_check.max_invalid_box_fraction='
-                                 f'{policy.max_invalid_box_fraction:g}. This looks like a systematic error (boxes as '
-                                 f'[x1, y1, x2, y2] instead of COCO\'s [x, y, w, h]? boxes of resized images?).')
-        dropped = f'brs-detr drops the {len(report.malformed)} malformed ones, ' if report.malformed else ''
+                                 f'{policy.max_invalid_box_fraction:g}. This looks like a systematic error '
+                                 f'({_systematic_cause(report)}).')
+        dropped = f'brs-detr drops the {len(report.malformed)} malformed or repeated ones, ' if report.malformed \
+            else ''
+        evaluated = (f'; the {split} evaluation reads the file itself and counts each of the {len(report.repeated)} '
+                     f'repeats as one more object that no detection can match (a lower recall and mAP)'
+                     if report.repeated and split != 'train' else '')
         report.warnings.append(f'{summary}; {dropped}mmdet drops the degenerate ones and those entirely outside '
-                               f'their image (data_check.invalid_boxes=error refuses them)')
+                               f'their image (data_check.invalid_boxes=error refuses them){evaluated}')
     if report.empty_images:
         if filter_empty_gt and report.empty_images == report.num_images:
             raise DataCheckError(f'{ann_file}: none of its {report.num_images} images has an annotation of the '
@@ -471,7 +504,7 @@ def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) ->
     118K images in one folder).
 
     Raises:
-        DataCheckError: Naming the missing, unreadable or empty files (the first few), their count and ``ann_file``.
+        DataCheckError: Naming the missing, unreadable or empty files, or folders, (the first few), their count and ``ann_file``.
     """
     by_folder: Dict[str, List[str]] = defaultdict(list)
     for file_name in file_names:
@@ -480,6 +513,7 @@ def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) ->
     missing: List[str] = []
     unreadable: List[str] = []
     empty: List[str] = []
+    folders: List[str] = []
     total = 0
     for folder, names in by_folder.items():
         total += len(names)
@@ -497,6 +531,8 @@ def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) ->
                 size = None
             if size is None:
                 missing.append(path)
+            elif entry.is_dir():
+                folders.append(path)
             elif not os.access(path, os.R_OK):
                 unreadable.append(path)
             elif size == 0:
@@ -504,6 +540,9 @@ def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) ->
     if missing:
         raise DataCheckError(f'{len(missing)} of the {total} image files that {ann_file} references are missing: '
                              f'{format_listed(missing)}')
+    if folders:
+        raise DataCheckError(f'{len(folders)} of the {total} image files that {ann_file} references are folders, not '
+                             f'files: {format_listed(folders)}')
     if unreadable:
         raise DataCheckError(f'{len(unreadable)} of the {total} image files that {ann_file} references cannot be '
                              f'read (permissions): {format_listed(unreadable)}')
@@ -532,7 +571,8 @@ def check_image_sizes(ann_file: str, img_dir: str, images: List[dict]) -> Dict[i
                              f'loader: {format_listed(too_large)}')
     if mismatches:
         raise DataCheckError(f'{ann_file}: {len(mismatches)} of its {len(images)} images differ in size from their '
-                             f'annotation, so their boxes would not fit the pixels trained on: {format_listed(mismatches)}. '
+                             f'annotation, so their boxes would not fit the pixels trained on: '
+                             f'{format_listed(mismatches)}. '
                              f'(data_check.check_image_sizes=False trains anyway.)')
     if orientations:
         counts = ', '.join(f'{value}: {n}' for value, n in sorted(orientations.items()))
