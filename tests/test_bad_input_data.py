@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import shutil
 from pathlib import Path
 
@@ -265,6 +266,31 @@ def test_check_datasets_walks_the_config_splits_and_evaluator(toy, tmp_path):
     cfg.data_check = dict(invalid_box='error')
     with pytest.raises(DataCheckError, match=r"data_check: .*unexpected keyword argument 'invalid_box'"):
         check_datasets(cfg, ['train'])
+
+
+def test_val_images_that_are_training_images_are_named(toy, warnings_logged):
+    """A val set that shares images with the training set (a wrong split, or the training file itself) gave a val mAP
+    of partly memorised images without a word; separate splits stay quiet."""
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        loader.dataset.data_root = f'{toy}/'
+    cfg.val_evaluator.ann_file = str(toy / 'annotations' / 'instances_val.json')
+    check_datasets(cfg, ['train', 'val'])
+    assert 'also training images' not in warnings_logged.text
+    val = annotations(toy, 'val')
+    train = annotations(toy)
+    val['images'][0]['file_name'] = '../train/' + train['images'][0]['file_name']
+    val['annotations'] = [a for a in val['annotations'] if a['image_id'] != val['images'][0]['id']] + [
+        dict(a, id=1000 + a['id'], image_id=val['images'][0]['id']) for a in train['annotations']
+        if a['image_id'] == train['images'][0]['id']]
+    save(toy, val, 'val')
+    check_datasets(cfg, ['train', 'val'])
+    assert re.search(r'instances_val.json: 1 of the 4 val images are also training images \(.*train/000001.png\): '
+                     r'the val mAP measures partly what the model memorised', warnings_logged.text)
+    cfg.val_dataloader.dataset.update(ann_file='annotations/instances_train.json', data_prefix=dict(img='train/'))
+    cfg.val_evaluator.ann_file = str(toy / 'annotations' / 'instances_train.json')
+    check_datasets(cfg, ['train', 'val'])
+    assert 'instances_train.json: all val images are also training images' in warnings_logged.text
 
 
 def test_evaluator_file_must_hold_the_ground_truth_of_the_evaluated_images(toy, tmp_path):

@@ -96,6 +96,8 @@ class CocoCheckReport:
     repeated: List[Tuple[object, object]] = field(default_factory=list)
     #: Every well-formed box lies within [0, 1] (normalised coordinates, as YOLO writes them).
     normalised_boxes: bool = False
+    #: The image files, as normalised absolute paths (empty when the images were not looked at: ``img_dir=None``).
+    image_files: frozenset = frozenset()
     #: EXIF orientation value -> number of images carrying it (read from the headers; brs-detr ignores the tag).
     exif_orientations: Dict[int, int] = field(default_factory=dict)
 
@@ -392,6 +394,9 @@ def check_coco_file(ann_file: str,
     _judge(report, policy, filter_empty_gt, split)
     report.warnings += _class_count_warnings(report, training)
     _judge_nothing_to_learn(report, split, format_only)
+    if img_dir is not None:
+        report.image_files = frozenset(osp.normpath(osp.abspath(osp.join(img_dir, str(image['file_name']))))
+                                       for image in images.values())
     if policy.check_image_files and img_dir is not None:
         check_image_files(ann_file, img_dir, [image['file_name'] for image in images.values()])
         if policy.check_image_sizes:
@@ -504,7 +509,8 @@ def check_image_files(ann_file: str, img_dir: str, file_names: Iterable[str]) ->
     118K images in one folder).
 
     Raises:
-        DataCheckError: Naming the missing, unreadable or empty files, or folders, (the first few), their count and ``ann_file``.
+        DataCheckError: Naming the missing, unreadable or empty files or the folders (the first few), their count
+            and ``ann_file``.
     """
     by_folder: Dict[str, List[str]] = defaultdict(list)
     for file_name in file_names:

@@ -2,6 +2,7 @@
 test), and make image-loading errors name the image and its annotation file."""
 from __future__ import annotations
 
+import logging
 import os.path as osp
 import time
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
@@ -86,6 +87,7 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
         raise DataCheckError(f'{DATA_CHECK_KEY}: {error} (fields: invalid_boxes, max_invalid_box_fraction, '
                              f'outside_tolerance, check_image_files, check_image_sizes)') from error
     done: Dict[tuple, CocoCheckReport] = {}
+    reports_of: Dict[str, List[CocoCheckReport]] = {}
     start = time.perf_counter()
     for split in splits:
         split_reports: List[CocoCheckReport] = []
@@ -118,6 +120,8 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
                                             format_only=_format_only(cfg.get(f'{split}_evaluator')))
             split_reports.append(done[key])
         _check_evaluator_files(split, cfg.get(f'{split}_evaluator'), split_reports)
+        reports_of[split] = split_reports
+    _warn_about_shared_images(reports_of)
     for report in done.values():
         print_log(f'data check: {report.ann_file}: {report.num_images} images, {report.num_annotations} annotations'
                   f', {len(report.warnings)} warnings; objects per class: '
@@ -126,6 +130,23 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
         print_log(f'data check: {len(done)} annotation files checked in {time.perf_counter() - start:.2f} s '
                   f'(skip it with --skip-data-check)', logger='current')
     return list(done.values())
+
+
+def _warn_about_shared_images(reports_of: Dict[str, List[CocoCheckReport]]) -> None:
+    """Warn when images of the val or test set are also training images (the same file): the split's mAP then
+    partly measures what the model memorised, silently higher than on unseen images."""
+    trained = frozenset().union(*(report.image_files for report in reports_of.get('train', [])))
+    for split in ('val', 'test'):
+        for report in reports_of.get(split, []):
+            shared = sorted(report.image_files & trained)
+            if not shared:
+                continue
+            total = len(report.image_files)
+            which = 'all' if len(shared) == total else f'{len(shared)} of the {total}'
+            report.warnings.append(f'{report.ann_file}: {which} {split} images are also training images '
+                                   f'({format_listed(shared, 3)}): the {split} mAP measures partly what the model '
+                                   f'memorised, not how it does on unseen images. Put each image in one split.')
+            print_log(report.warnings[-1], logger='current', level=logging.WARNING)
 
 
 def _format_only(evaluator_cfg) -> bool:
