@@ -149,6 +149,44 @@ def test_checkpoint_of_another_model_is_refused_by_test_py(in_toy_root, tmp_path
         '(3, 64, 3, 3), bbox_head.atss_cls.bias: checkpoint (5,) vs model (3,)' in message
 
 
+SWAPPED_CLASSES = ('ellipse', 'rectangle', 'triangle')  # the toy set's, with the first two swapped
+
+
+def test_checkpoint_of_the_classes_in_another_order_is_refused_by_test_py(in_toy_root, tmp_path):
+    """Its weights fit, so test.py evaluated every class under another's name without a word."""
+    swapped = tmp_path / 'swapped.pth'
+    torch.save(dict(state_dict=toy_state_dict(num_classes=3), meta=dict(dataset_meta=dict(classes=SWAPPED_CLASSES))),
+               swapped)
+    with pytest.raises(CheckpointFitError, match=rf"^{swapped} was trained with the classes in another order than "
+                       r"train_dataloader.dataset.metainfo.classes lists them \('rectangle' is label 1 there, 0 here, "
+                       r"'ellipse' is label 0 there, 1 here\): every class would be evaluated under another's name. "
+                       r"List the classes in the checkpoint's order: \['ellipse', 'rectangle', 'triangle'\]"):
+        test_tool.main([str(TOY_CONFIG), str(swapped), '--work-dir', str(tmp_path / 'test_wd')])
+
+
+@pytest.mark.parametrize('classes, fit, resuming, expected', [
+    (SWAPPED_CLASSES, 'fine-tune', True, 'every class would be trained under another\'s name'),
+    (SWAPPED_CLASSES, 'fine-tune', False, 'its class layers start swapped and fine-tuning has to learn them again'),
+    (('cat', 'dog', 'bird'), 'weights', False, 'was trained on the classes cat, dog, bird; '
+     'train_dataloader.dataset.metainfo.classes names rectangle, ellipse, triangle: the results are reported under the '
+     'config\'s names'),
+    (('cat', 'dog', 'bird'), 'fine-tune', False, None),  # fine-tuning to another data set
+    (('rectangle', 'ellipse', 'triangle'), 'weights', False, None),
+    (('a', 'b'), 'weights', False, None),  # another count: the weights do not fit (checked before)
+], ids=['resume-swapped', 'load-from-swapped', 'test-other-names', 'load-from-other-names', 'same', 'other-count'])
+def test_checkpoint_class_names_are_compared_with_the_config(in_toy_root, classes, fit, resuming, expected):
+    logged = []
+    runner = SimpleNamespace(cfg=Config.fromfile(str(TOY_CONFIG)), checkpoint_fit=fit, _resuming=resuming,
+                             logger=SimpleNamespace(warning=logged.append))
+    checkpoint = dict(meta=dict(dataset_meta=dict(classes=classes)))
+    if resuming:
+        with pytest.raises(CheckpointFitError, match=expected):
+            ReliableRunner._check_class_names(runner, 'c.pth', checkpoint)
+        return
+    ReliableRunner._check_class_names(runner, 'c.pth', checkpoint)
+    assert (logged == []) if expected is None else (len(logged) == 1 and expected in logged[0]), logged
+
+
 def test_resume_from_another_model_is_refused(in_toy_root, tmp_path):
     other = tmp_path / 'five_classes.pth'
     torch.save(dict(state_dict=toy_state_dict(num_classes=5)), other)

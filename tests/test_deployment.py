@@ -225,12 +225,18 @@ def test_missing_optional_module_is_named(monkeypatch):
 
 
 # ---------------------------------------------------------------------------------------------- the tools
+#: The class names of the exported checkpoint: other than the config's, as after fine-tuning with a class list that
+#: was renamed later (the demo names detections by the checkpoint's names).
+CHECKPOINT_CLASSES = ('square', 'circle', 'wedge')
+
+
 @pytest.fixture(scope='module')
 def exported_atss(tmp_path_factory, toy_coco_root):
     """tools/deployment/pytorch2onnx.py on the tiny ATSS (random weights) as a user runs it, with toy images."""
     base = tmp_path_factory.mktemp('export')
     checkpoint = base / 'atss.pth'
-    torch.save({'state_dict': random_detector(ATSS_CONFIG).state_dict()}, checkpoint)
+    torch.save({'state_dict': random_detector(ATSS_CONFIG).state_dict(),
+                'meta': {'dataset_meta': {'classes': CHECKPOINT_CLASSES}}}, checkpoint)
     out = base / 'atss.onnx'
     done = run([EXPORT_TOOL, ATSS_CONFIG, checkpoint, '--out', out, '--images', toy_coco_root / 'val'],
                cwd=toy_coco_root.parents[1])
@@ -244,6 +250,20 @@ def test_export_tool_checks_and_compares(exported_atss):
     assert len(rows) == len(list((exported_atss['data'] / 'val').iterdir())) and all(' ok |' in r for r in rows)
     assert 'onnxruntime matches PyTorch' in stdout
     assert exported_atss['onnx'].is_file()
+
+
+def test_exported_model_names_its_classes_as_the_checkpoint_does(exported_atss):
+    """The export stores the checkpoint's class names in the ONNX file; demo --onnx drew the config's names, which
+    the PyTorch demo (the checkpoint's names) does not."""
+    from mmengine.config import Config
+
+    from brs_detr.deployment.onnx_inferencer import ONNXDetInferencer
+    from brs_detr.deployment.ort_runner import ONNXRuntimeDetector
+    assert ONNXRuntimeDetector(str(exported_atss['onnx']), Config.fromfile(str(ATSS_CONFIG))).class_names == list(
+        CHECKPOINT_CLASSES)
+    inferencer = ONNXDetInferencer(str(ATSS_CONFIG), str(exported_atss['onnx']), show_progress=False)
+    assert list(inferencer.model.dataset_meta['classes']) == list(CHECKPOINT_CLASSES)
+    assert list(inferencer.visualizer.dataset_meta['classes']) == list(CHECKPOINT_CLASSES)
 
 
 def test_export_tool_errors_are_one_line(tmp_path, capsys, monkeypatch):

@@ -1,7 +1,7 @@
 """Build a detector from a config for export and benchmarks, with its weights loaded strictly (or random)."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
@@ -11,6 +11,7 @@ from torch import nn
 from mmdet.registry import MODELS
 
 from brs_detr.apis.weights import load_weights_strictly
+from brs_detr.engine.runner.class_weights import checkpoint_class_names
 from brs_detr.engine.runner.model_build import named_build_errors
 
 #: Detector parameters that mmdet creates with ``torch.Tensor(...)`` (uninitialized memory) and fills only in
@@ -45,6 +46,12 @@ def load_detector(cfg: Config, checkpoint: Optional[str], device: str = 'cpu') -
     return model.to(device).eval()
 
 
-def load_weights(model: nn.Module, checkpoint: str, cfg: Config) -> None:
-    """Load ``checkpoint`` into ``model`` through brs-detr's safe loader, strictly (see :func:`load_detector`)."""
-    load_weights_strictly(model, _load_checkpoint(checkpoint, map_location='cpu'), checkpoint, cfg.filename)
+def load_weights(model: nn.Module, checkpoint: str, cfg: Config) -> Optional[Tuple[str, ...]]:
+    """Load ``checkpoint`` into ``model`` through brs-detr's safe loader, strictly (see :func:`load_detector`).
+
+    Returns:
+        The class names of its meta (label order), if it has them.
+    """
+    content = _load_checkpoint(checkpoint, map_location='cpu')
+    load_weights_strictly(model, content, checkpoint, cfg.filename)
+    return checkpoint_class_names(content)

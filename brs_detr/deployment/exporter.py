@@ -11,12 +11,13 @@ warning is one of the known warnings the tools and the tests ignore (brs_detr/kn
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import os.path as osp
 import re
 import tempfile
 import warnings
-from typing import Any, Iterator, List, Sequence, Tuple
+from typing import Any, Iterator, List, Optional, Sequence, Tuple
 from unittest import mock
 
 import torch
@@ -35,6 +36,8 @@ INPUT_NAMES = ('image', 'scale_factor')
 OUTPUT_NAMES = ('boxes', 'scores', 'labels')
 #: The extra output of instance segmentation models: (N, H0, W0) bool masks in the original image.
 MASK_OUTPUT_NAMES = OUTPUT_NAMES + ('masks', )
+#: Key of the model metadata holding the class names of the labels (a JSON list).
+CLASSES_METADATA_KEY = 'classes'
 #: Names of the dynamic axes.
 HEIGHT, WIDTH, NUM_DETECTIONS = 'height', 'width', 'num_detections'
 ORIGINAL_HEIGHT, ORIGINAL_WIDTH = 'original_height', 'original_width'
@@ -63,7 +66,7 @@ def export_context() -> Iterator[None]:
 
 
 def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, opset: int = DEFAULT_OPSET,
-                dynamic_shape: bool = False) -> List[str]:
+                dynamic_shape: bool = False, class_names: Optional[Sequence[str]] = None) -> List[str]:
     """Export ``wrapper`` (``(image, scale_factor) -> (boxes, scores, labels[, masks])``) to ``path`` and check it.
 
     The outputs are named by ``wrapper.output_names`` (default :data:`OUTPUT_NAMES`; :data:`MASK_OUTPUT_NAMES` for
@@ -77,6 +80,9 @@ def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, o
         path (str): The ``.onnx`` file to write.
         opset (int): ONNX opset (>= 16).
         dynamic_shape (bool): Export H and W as dynamic axes (else the graph takes only H x W inputs).
+        class_names (Sequence[str], optional): The names of the labels the graph outputs (the checkpoint's), stored
+            as the model's metadata :data:`CLASSES_METADATA_KEY` (a JSON list), where ``demo/image_demo.py --onnx``
+            reads them.
 
     Returns:
         list[str]: The tracer's warnings about Python values frozen into the graph (``file:line: message``): data
@@ -110,7 +116,11 @@ def export_onnx(wrapper: nn.Module, example: Tuple[Tensor, Tensor], path: str, o
                 raise UnsupportedExportError(str(error)) from error
             except (torch.onnx.errors.OnnxExporterError, RuntimeError) as error:
                 raise UnsupportedExportError(_export_failure(error)) from error
-        check_standard_operators(onnx.load(temporary))
+        exported = onnx.load(temporary)
+        check_standard_operators(exported)
+        if class_names is not None:
+            onnx.helper.set_model_props(exported, {CLASSES_METADATA_KEY: json.dumps(list(class_names))})
+            onnx.save(exported, temporary)
         onnx.checker.check_model(temporary, full_check=True)
         os.replace(temporary, path)
     finally:

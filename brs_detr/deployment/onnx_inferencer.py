@@ -18,7 +18,9 @@ class ONNXDetInferencer(BRSDetInferencer):
 
     What changed: :meth:`forward` runs the ONNX graph on each image the config's test pipeline prepared (the same
     pipeline, inputs and outputs as the PyTorch demo, so the drawing and the saved predictions are made the same
-    way); the PyTorch model is built only for its class names and never runs, so no weights are loaded.
+    way); the PyTorch model is built only for its class names and never runs, so no weights are loaded. The class
+    names are the ones the export stored in the ONNX file (the checkpoint's, as the PyTorch demo uses them), else the
+    config's.
 
     Args:
         model (str): The config file the model was exported from.
@@ -39,6 +41,10 @@ class ONNXDetInferencer(BRSDetInferencer):
         super().__init__(model=model, weights=None, device='cpu', palette=palette, show_progress=show_progress,
                          cfg_options=cfg_options)
         self.runner = ONNXRuntimeDetector(onnx_file, self.cfg, device=device or 'cpu')
+        if self.runner.class_names is not None:  # the checkpoint's names, stored by the export
+            self.model.dataset_meta = self._dataset_meta(
+                self.model, dict(meta=dict(dataset_meta=dict(classes=self.runner.class_names))), self.cfg)
+            self.visualizer.dataset_meta = self.model.dataset_meta
 
     def _load_weights_to_model(self, model: nn.Module, checkpoint: Optional[dict], cfg: Optional[ConfigDict]) -> None:
         """Only the class names and palette: the weights are in the ONNX file."""

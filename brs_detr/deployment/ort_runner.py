@@ -1,8 +1,9 @@
 """Run a model exported by ``tools/deployment/pytorch2onnx.py`` with onnxruntime."""
 from __future__ import annotations
 
+import json
 import os.path as osp
-from typing import Optional, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -11,7 +12,7 @@ from mmengine.structures import InstanceData
 
 from brs_detr.apis.cli import ToolInputError
 from .dependencies import import_optional
-from .exporter import INPUT_NAMES, MASK_OUTPUT_NAMES, OUTPUT_NAMES
+from .exporter import CLASSES_METADATA_KEY, INPUT_NAMES, MASK_OUTPUT_NAMES, OUTPUT_NAMES
 from .inputs import ResizedImage, build_test_pipeline, load_resized
 
 #: onnxruntime execution providers per torch device type.
@@ -59,6 +60,9 @@ class ONNXRuntimeDetector:
                                  f'tools/deployment/pytorch2onnx.py (inputs {INPUT_NAMES}, outputs {OUTPUT_NAMES} '
                                  f'or {MASK_OUTPUT_NAMES})')
         self.with_masks = outputs == MASK_OUTPUT_NAMES
+        names = self.session.get_modelmeta().custom_metadata_map.get(CLASSES_METADATA_KEY)
+        #: The class names of the labels, stored by the export (None: a file without them).
+        self.class_names: Optional[List[str]] = json.loads(names) if names else None
         height, width = inputs[0].shape[2:]
         self.static_shape = (height, width) if isinstance(height, int) and isinstance(width, int) else None
         self.onnx_file = onnx_file

@@ -8,6 +8,7 @@ from typing import List, Optional, Tuple
 from brs_detr.apis.image_inputs import collect_images
 from brs_detr.apis.cli import ToolInputError, check_checkpoint_file, check_config_file
 from brs_detr.apis.launch import load_config
+from brs_detr.datasets.num_classes import dataset_classes
 from .builder import build_export_wrapper
 from .dependencies import import_optional
 from .detector import load_detector, load_weights
@@ -65,9 +66,13 @@ def run(args: argparse.Namespace) -> int:
                                  f'--shape/--images that agree')
     model = load_detector(cfg, None)
     wrapper = build_export_wrapper(model)  # an unsupported model fails before its weights are read
-    load_weights(model, args.checkpoint, cfg)
+    class_names = load_weights(model, args.checkpoint, cfg)
+    if class_names is None:
+        found = dataset_classes(cfg)
+        class_names = found.classes if found is not None else None
     example = next((image for image in images if image.shape == shape), images[0])
-    frozen = export_onnx(wrapper, example.graph_inputs(), args.out, opset=args.opset, dynamic_shape=args.dynamic_shape)
+    frozen = export_onnx(wrapper, example.graph_inputs(), args.out, opset=args.opset, dynamic_shape=args.dynamic_shape,
+                         class_names=class_names)
     size = 'HxW (dynamic)' if args.dynamic_shape else f'{shape[0]}x{shape[1]}'
     print(f'exported {args.out} (opset {args.opset}, input 1x3x{size}, TorchScript exporter)')
     print('onnx.checker: OK')

@@ -59,8 +59,9 @@ class ClassWeightSplit:
     classes_source: str
 
 
-def checkpoint_num_classes(checkpoint: Mapping) -> Optional[int]:
-    """The number of classes a checkpoint's ``meta`` names (mmengine's ``dataset_meta``, mmdet 2.x's ``CLASSES``)."""
+def checkpoint_class_names(checkpoint: Mapping) -> Optional[Tuple[str, ...]]:
+    """The class names a checkpoint's ``meta`` lists (mmengine's ``dataset_meta``, mmdet 2.x's ``CLASSES``), in
+    label order; ``None`` when it lists none."""
     meta = checkpoint.get('meta') if isinstance(checkpoint, Mapping) else None
     if not isinstance(meta, Mapping):
         return None
@@ -68,7 +69,13 @@ def checkpoint_num_classes(checkpoint: Mapping) -> Optional[int]:
     classes = dataset_meta.get('classes') if isinstance(dataset_meta, Mapping) else None
     if classes is None:
         classes = meta.get('CLASSES')
-    return len(classes) if isinstance(classes, (list, tuple)) and classes else None
+    return tuple(classes) if isinstance(classes, (list, tuple)) and classes else None
+
+
+def checkpoint_num_classes(checkpoint: Mapping) -> Optional[int]:
+    """The number of classes a checkpoint's ``meta`` names (:func:`checkpoint_class_names`)."""
+    names = checkpoint_class_names(checkpoint)
+    return None if names is None else len(names)
 
 
 def _class_heads(model: nn.Module) -> Dict[str, int]:

@@ -14,11 +14,13 @@ from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_mod
 
 from mmdet.registry import RUNNERS
 
+from brs_detr.datasets.coco_check import DataCheckError, format_listed
+from brs_detr.datasets.num_classes import dataset_classes
 from brs_detr.fileio.atomic_io import atomic_write_text
 from brs_detr.fileio.checkpoint import CheckpointReadError, check_checkpoint_readable
 from ..work_dir import LAST_CHECKPOINT_MARKER, RESUMABLE_CHECKPOINT, resolve_last_checkpoint
 from .checkpoint_fit import state_dict_fit
-from .class_weights import checkpoint_num_classes, class_dependent_weights
+from .class_weights import checkpoint_class_names, checkpoint_num_classes, class_dependent_weights
 from .config_changes import config_changes, describe_config_changes
 from .model_build import named_build_errors
 
@@ -230,6 +232,40 @@ class ReliableRunner(Runner):
                 'weight was loaded.')
         return [weight.key for weight in split.class_weights]
 
+    def _check_class_names(self, filename: str, checkpoint: dict) -> None:
+        """The checkpoint's class names (its meta) against the config's datasets', when both have as many classes.
+
+        The same names in another order would evaluate (or resume training of) every class under another's name:
+        refused, except when fine-tuning with ``load_from`` (the class layers start swapped and are trained again:
+        a warning). Other names of the same count are what fine-tuning to another data set is; for testing they are
+        named in a warning (the results are reported under the config's names).
+        """
+        theirs = checkpoint_class_names(checkpoint)
+        try:
+            found = dataset_classes(self.cfg)
+        except DataCheckError:  # the tools report the config's own inconsistency before this
+            found = None
+        if theirs is None or found is None or len(theirs) != len(found.classes) or theirs == found.classes:
+            return
+        ours = found.classes
+        if sorted(theirs) == sorted(ours):
+            moved = [f'{name!r} is label {theirs.index(name)} there, {ours.index(name)} here' for name in ours
+                     if theirs.index(name) != ours.index(name)]
+            message = (f'{filename} was trained with the classes in another order than {found.source} lists them '
+                       f'({format_listed(moved, 4)})')
+            if self.checkpoint_fit == 'fine-tune' and not self._resuming:
+                self.logger.warning(f'load_from {message}: its class layers start swapped and fine-tuning has to '
+                                    f'learn them again; list the classes in the checkpoint\'s order '
+                                    f'({list(theirs)}) to start from what it learnt')
+                return
+            raise CheckpointFitError(f'{message}: every class would be {"trained" if self._resuming else "evaluated"} '
+                                     f'under another\'s name. List the classes in the checkpoint\'s order: '
+                                     f'{list(theirs)} (and the categories of the annotation files in that order)')
+        if self.checkpoint_fit == 'weights':
+            self.logger.warning(f'{filename} was trained on the classes {format_listed(list(theirs), 6)}; '
+                                f'{found.source} names {format_listed(list(ours), 6)}: the results are reported '
+                                f'under the config\'s names, label by label')
+
     def load_checkpoint(self, filename: str, map_location: Union[str, Callable] = 'cpu', strict: bool = False,
                         revise_keys: list = [(r'^module.', '')]):  # noqa: B006  (the parent's signature)
         """The parent's steps (read, ``after_load_checkpoint`` hooks, load into the model), with the fit check
@@ -240,6 +276,7 @@ class ReliableRunner(Runner):
         # mmengine loads the weights of a test-time-augmentation model into its detector (tools/test.py --tta)
         detector = model.module if isinstance(model, BaseTTAModel) else model
         keep_initialised = set(self._check_fit(filename, checkpoint, detector, revise_keys))
+        self._check_class_names(filename, checkpoint)
         saved_cfg = (checkpoint.get('meta') or {}).get('cfg') if isinstance(checkpoint, dict) else None
         if self._resuming and isinstance(saved_cfg, str):
             changes = config_changes(saved_cfg, self.cfg)
