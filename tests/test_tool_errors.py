@@ -23,7 +23,7 @@ from mmengine.runner import Runner
 
 from brs_detr.apis.cli import ToolInputError, run_tool_main
 from brs_detr.apis.config_loading import RUNNER_ARGUMENTS, read_config
-from brs_detr.apis.run_settings import check_run_settings, late_schedule_steps
+from brs_detr.apis.run_settings import batch_size_mismatch, check_run_settings, late_schedule_steps
 from brs_detr.fileio import atomic_io
 from brs_detr.fileio.output_paths import OutputPathError
 from conftest import REPO_ROOT, TOOLS_DIR, load_tool_module
@@ -249,6 +249,22 @@ def test_learning_rate_steps_after_the_end_of_training_are_named():
         'param_scheduler[1] (MultiStepLR) milestones [9, 11]: the steps at [9, 11] come at or after the end of '
         'training (9 epochs), so the learning rate never drops there']
     assert late_schedule_steps(read_config(str(TOY_CONFIG), {'train_cfg.max_epochs': 12})) == []
+
+
+def test_a_total_batch_other_than_the_learning_rates_is_named():
+    """The 2-process toy config (2 x 2 images, base_batch_size 4) on one process trained with half the batch at the
+    full learning rate without a word (mmdet); with --auto-scale-lr, or the config's total batch, nothing is said."""
+    brs = read_config(str(REPO_ROOT / 'configs' / 'brs_detr' / 'brs-detr_r50_4xb4-12e_coco.py'), None)
+    assert batch_size_mismatch(brs, 1) == (
+        'this run updates with a batch of 4 images (1 process x 4 images), but the config\'s learning rate is for a '
+        'batch of 16 (auto_scale_lr.base_batch_size): pass --auto-scale-lr to scale it by 4/16 (linear scaling), or '
+        'train with a total batch of 16 to reproduce the config')
+    assert batch_size_mismatch(brs, 4) is None
+    accumulated = read_config(str(TOY_CONFIG), {'optim_wrapper.accumulative_counts': 2})
+    assert batch_size_mismatch(accumulated, 1) is None  # 1 x 2 x 2 = 4
+    assert 'a batch of 8 images (2 processes x 2 images x 2 accumulated)' in batch_size_mismatch(accumulated, 2)
+    enabled = read_config(str(TOY_CONFIG), {'auto_scale_lr.enable': True})
+    assert batch_size_mismatch(enabled, 1) is None
 
 
 def test_mask_metric_for_a_model_without_masks_is_refused_before_inference(in_toy_root):

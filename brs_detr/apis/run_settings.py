@@ -12,7 +12,10 @@ Checked after ``--cfg-options`` and before anything is built, each with a one-li
 
 A learning-rate step that falls after the end of training (``param_scheduler`` milestones beyond ``max_epochs``,
 typical after ``--cfg-options train_cfg.max_epochs=N`` on a config that derived its schedule from another length)
-is legitimate but rarely meant: it is logged as a warning naming the scheduler and the length.
+is legitimate but rarely meant: it is logged as a warning naming the scheduler and the length. So is a run whose
+total batch (processes x images per process x gradient accumulation) differs from the one the config's learning
+rate is for (``auto_scale_lr.base_batch_size``) without ``--auto-scale-lr``: the 4-GPU config on 1 GPU trains with a
+quarter of the batch at the full learning rate, which mmdet does silently.
 """
 from __future__ import annotations
 
@@ -159,3 +162,27 @@ def late_schedule_steps(cfg: Config) -> List[str]:
                         f'steps at {beyond} come at or after the end of training ({max_length} {unit}), so the '
                         f'learning rate never drops there')
     return late
+
+
+def batch_size_mismatch(cfg: Config, world_size: int) -> Optional[str]:
+    """A description of how the run's total batch differs from ``auto_scale_lr.base_batch_size`` (the batch the
+    config's learning rate is for), when ``auto_scale_lr`` is off; ``None`` when they agree or nothing says.
+
+    Args:
+        cfg: The config, with ``--cfg-options`` and ``--auto-scale-lr`` applied.
+        world_size: The number of training processes.
+    """
+    auto_scale_lr = cfg.get('auto_scale_lr') or {}
+    base = auto_scale_lr.get('base_batch_size')
+    per_process = (cfg.get('train_dataloader') or {}).get('batch_size')
+    accumulation = (cfg.get('optim_wrapper') or {}).get('accumulative_counts', 1)
+    if auto_scale_lr.get('enable') or not all(_is_int(v) for v in (base, per_process, accumulation)):
+        return None
+    total = world_size * per_process * accumulation
+    if total == base:
+        return None
+    accumulated = f' x {accumulation} accumulated' if accumulation != 1 else ''
+    return (f'this run updates with a batch of {total} images ({world_size} process{"es" * (world_size != 1)} x '
+            f'{per_process} images{accumulated}), but the config\'s learning rate is for a batch of {base} '
+            f'(auto_scale_lr.base_batch_size): pass --auto-scale-lr to scale it by {total}/{base} (linear scaling), '
+            f'or train with a total batch of {base} to reproduce the config')

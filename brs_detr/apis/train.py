@@ -27,11 +27,11 @@ from typing import Optional
 
 from mmengine.config import Config
 
-from brs_detr.engine.dist import check_launch_environment
+from brs_detr.engine.dist import check_launch_environment, launch_world_size
 from brs_detr.engine.work_dir import WorkDirOwnership
 from .cli import EXIT_NOTES, ToolInputError, check_checkpoint_file, is_main_launch_process
 from .config_loading import read_config, set_work_dir
-from .run_settings import check_run_settings, late_schedule_steps
+from .run_settings import batch_size_mismatch, check_run_settings, late_schedule_steps
 
 
 def warn(message: str) -> None:
@@ -130,6 +130,9 @@ def _train(cfg: Config, args: argparse.Namespace, owner: Optional[WorkDirOwnersh
         set_resume(cfg, args.resume)
     for late in late_schedule_steps(cfg):
         warn(late)
+    mismatch = batch_size_mismatch(cfg, launch_world_size(cfg.launcher))
+    if mismatch is not None:
+        warn(mismatch)
     use_resumable_training(cfg)
     guard_non_finite_loss(cfg, args.non_finite_loss, args.max_consecutive_skips)
     check_config_components(cfg)

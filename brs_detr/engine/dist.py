@@ -54,6 +54,16 @@ def _set_slurm_env(dist_cfg: dict) -> None:
     os.environ['RANK'] = str(proc_id)
 
 
+def launch_world_size(launcher: str) -> int:
+    """The number of processes of the job ``launcher`` started (from the environment, before any process group;
+    :func:`check_launch_environment` has checked the variables): 1 without a launcher."""
+    if launcher == 'pytorch':
+        return int(os.environ['WORLD_SIZE'])
+    if launcher == 'slurm':
+        return int(os.environ['SLURM_NTASKS'])
+    return 1
+
+
 def check_launch_environment(launcher: str) -> None:
     """Refuse a distributed ``launcher`` whose process was not started by its launcher (torchrun, srun).
 
