@@ -199,7 +199,7 @@ def bare_runner(model: torch.nn.Module, messages: List[str]) -> ReliableRunner:
     """A ReliableRunner with just what ``load_checkpoint`` uses (building a real one costs seconds)."""
     runner = ReliableRunner.__new__(ReliableRunner)
     runner.model, runner._hooks, runner._resuming, runner.checkpoint_fit = model, [], False, 'fine-tune'
-    runner.cfg = SimpleNamespace(filename='custom.py')
+    runner.cfg = SimpleNamespace(filename='custom.py', get=lambda key, default=None: default)  # no dataset
     runner.logger = SimpleNamespace(warning=messages.append, info=lambda message: None)
     return runner
 
