@@ -293,6 +293,26 @@ def test_val_images_that_are_training_images_are_named(toy, warnings_logged):
     assert 'instances_train.json: all val images are also training images' in warnings_logged.text
 
 
+def test_a_val_set_that_leaves_out_its_images_without_objects_is_named(toy, warnings_logged):
+    """A val dataset copied from the training one (test_mode=False, filter_empty_gt=True) evaluated only the images
+    with objects: the false detections on the others never counted, and the mAP was higher than it is."""
+    cfg = Config.fromfile(str(TOY_CONFIG))
+    for loader in (cfg.train_dataloader, cfg.val_dataloader):
+        loader.dataset.data_root = f'{toy}/'
+    cfg.val_evaluator.ann_file = str(toy / 'annotations' / 'instances_val.json')
+    val = annotations(toy, 'val')
+    val['annotations'] = [a for a in val['annotations'] if a['image_id'] != val['images'][0]['id']]
+    save(toy, val, 'val')
+    check_datasets(cfg, ['train', 'val'])
+    assert 'they are kept' in warnings_logged.text and 'leaves them out' not in warnings_logged.text
+    cfg.val_dataloader.dataset.update(test_mode=False, filter_cfg=dict(filter_empty_gt=True))
+    check_datasets(cfg, ['train', 'val'])
+    assert re.search(r'instances_val.json: 1 of 4 images have no annotation of the config\'s classes; the val dataset '
+                     r'leaves them out \(filter_cfg.filter_empty_gt=True and test_mode=False\), so the val mAP never '
+                     r'counts the false detections on them; set val_dataloader.dataset.test_mode=True',
+                     warnings_logged.text)
+
+
 def test_evaluator_file_must_hold_the_ground_truth_of_the_evaluated_images(toy, tmp_path):
     """CocoMetric matches predictions to its ann_file by image id: the training file (same file names, other boxes)
     gave a val mAP without any error; a copy of the val file is fine."""

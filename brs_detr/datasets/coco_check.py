@@ -299,8 +299,10 @@ def check_coco_file(ann_file: str,
             ``data_root``); ``None`` skips the image files.
         classes: The config's class names (``metainfo['classes']``).
         policy: What to tolerate (default: :class:`DataCheckPolicy`'s defaults).
-        filter_empty_gt: Whether the dataset drops images without annotations (a training set with mmdet's
-            ``filter_cfg.filter_empty_gt=True``): then a file where no image keeps an annotation is refused.
+        filter_empty_gt: Whether the dataset drops images without annotations (mmdet's
+            ``filter_cfg.filter_empty_gt=True`` outside ``test_mode``): then a training file where no image keeps an
+            annotation is refused, and a val/test file's images without annotations are warned about (their false
+            detections are never evaluated).
         training: Whether the file is a training set: a class without any object is then warned about as a class
             the model cannot learn (else as a class whose AP cannot be measured).
         split: ``'train'``: a file without any annotation to learn from is refused; ``'val'``/``'test'``: a file
@@ -477,10 +479,15 @@ def _judge(report: CocoCheckReport, policy: DataCheckPolicy, filter_empty_gt: bo
         report.warnings.append(f'{summary}; {dropped}mmdet drops the degenerate ones and those entirely outside '
                                f'their image (data_check.invalid_boxes=error refuses them){evaluated}')
     if report.empty_images:
-        if filter_empty_gt and report.empty_images == report.num_images:
+        if filter_empty_gt and report.empty_images == report.num_images and split == 'train':
             raise DataCheckError(f'{ann_file}: none of its {report.num_images} images has an annotation of the '
                                  f'config\'s classes: nothing to train on')
-        effect = 'filter_empty_gt=True leaves them out of training' if filter_empty_gt else 'they are kept'
+        if filter_empty_gt and split != 'train':
+            effect = (f'the {split} dataset leaves them out (filter_cfg.filter_empty_gt=True and test_mode=False), so '
+                      f'the {split} mAP never counts the false detections on them; set '
+                      f'{split}_dataloader.dataset.test_mode=True to evaluate every image')
+        else:
+            effect = 'filter_empty_gt=True leaves them out of training' if filter_empty_gt else 'they are kept'
         report.warnings.append(f'{ann_file}: {report.empty_images} of {report.num_images} images have no annotation '
                                f'of the config\'s classes; {effect}')
 

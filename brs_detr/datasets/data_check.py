@@ -106,8 +106,7 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
             ann_file, img_dir = resolved_paths(dataset_cfg)
             classes = tuple((dataset_cfg.get('metainfo') or {}).get('classes') or
                             leaf_class.METAINFO['classes'])
-            filter_empty_gt = (split == 'train' and not dataset_cfg.get('test_mode', False)
-                               and bool((dataset_cfg.get('filter_cfg') or {}).get('filter_empty_gt', False)))
+            filter_empty_gt = _drops_empty_images(dataset_cfg)
             local_images = dataset_cfg.get('backend_args') is None
             with_mask = loads_masks(dataset_cfg)
             key = (ann_file, img_dir, classes, filter_empty_gt, with_mask)
@@ -130,6 +129,13 @@ def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
         print_log(f'data check: {len(done)} annotation files checked in {time.perf_counter() - start:.2f} s '
                   f'(skip it with --skip-data-check)', logger='current')
     return list(done.values())
+
+
+def _drops_empty_images(dataset_cfg: dict) -> bool:
+    """Whether mmdet's ``BaseDetDataset.filter_data`` leaves out the images without annotations of this dataset
+    (``filter_cfg.filter_empty_gt`` outside ``test_mode``)."""
+    return (not dataset_cfg.get('test_mode', False)
+            and bool((dataset_cfg.get('filter_cfg') or {}).get('filter_empty_gt', False)))
 
 
 def _warn_about_shared_images(reports_of: Dict[str, List[CocoCheckReport]]) -> None:
