@@ -231,10 +231,14 @@ def share_first_file(content: dict) -> None:
      r'\(the file lists its annotations twice \(two exports merged, or one exported twice\)\?\)'),
     (lambda d: [a.update(bbox=[v / 128 for v in a['bbox']]) for a in d['annotations']], 'train',
      r'systematic error \(boxes in normalised 0-1 coordinates, as YOLO writes them, instead of pixels\?\)'),
+    (lambda d: [a.update(area=0) for a in d['annotations']], 'train', r'systematic error \(areas of 0 or less: an '
+     r'exporter that does not write them\? mmdet drops every box whose "area" is not positive; write area = w \* h'),
+    (lambda d: [a.update(bbox=[str(v) for v in a['bbox']]) for a in d['annotations']], 'train',
+     r'systematic error \(annotations that mmdet cannot read, as listed: a file of another format\?\)'),
     (lambda d: d.update(categories=[], annotations=[]), 'train', r'"categories" is empty: the file names no class '
      r'\(the config trains rectangle, ellipse, triangle\)'),
 ], ids=['two-entries-of-one-file', 'val-without-iscrowd', 'iscrowd-strings', 'annotations-twice', 'normalised-boxes',
-        'no-categories'])
+        'no-categories', 'zero-areas', 'string-boxes'])
 def test_annotation_sets_that_train_or_evaluate_wrongly_are_refused(toy_json, tmp_path, change, split, message):
     """mmdet trains on each entry of a file listed twice with half of its objects as background, ignores every
     object with ``iscrowd: "0"``, and pycocotools ends the evaluation with ``KeyError: 'iscrowd'``."""

@@ -29,6 +29,8 @@ MIN_BOX_SIZE = 1.0
 MIN_POLYGON_BOX_IOU = 0.5
 #: Policies for invalid boxes.
 BOX_POLICIES = ('warn', 'error')
+#: End of the problem of a box whose area is not positive.
+NON_POSITIVE_AREA = 'is not positive'
 #: How many offending items an error or warning lists.
 MAX_LISTED = 5
 
@@ -245,7 +247,7 @@ def _box_problem(bbox: object, area: object, image: dict, tolerance: float) -> O
     if w < MIN_BOX_SIZE or h < MIN_BOX_SIZE:
         return f'size {w}x{h} (width or height under {MIN_BOX_SIZE:g} px)'
     if area <= 0:
-        return f'area {area}'
+        return f'area {area} {NON_POSITIVE_AREA}'
     width, height = image['width'], image['height']
     beyond = max(-x, -y, x + w - width, y + h - height)
     if beyond > tolerance:
@@ -446,6 +448,12 @@ def _systematic_cause(report: CocoCheckReport) -> str:
         return 'the file lists its annotations twice (two exports merged, or one exported twice)?'
     if report.normalised_boxes:
         return 'boxes in normalised 0-1 coordinates, as YOLO writes them, instead of pixels?'
+    half = len(report.invalid_boxes) / 2
+    if sum(problem.endswith(NON_POSITIVE_AREA) for _, problem in report.invalid_boxes) > half:
+        return ('areas of 0 or less: an exporter that does not write them? mmdet drops every box whose "area" is not '
+                'positive; write area = w * h (or the mask\'s area)')
+    if len(report.malformed) - len(report.repeated) > half:
+        return 'annotations that mmdet cannot read, as listed: a file of another format?'
     return 'boxes as [x1, y1, x2, y2] instead of COCO\'s [x, y, w, h]? boxes of resized images?'
 
 
