@@ -116,10 +116,23 @@ def test_a_head_with_another_count_is_an_error_naming_its_key():
      r"classes=\('person', \)"),
     ({'model.bbox_head.num_classes': 'eighty'}, r"model.bbox_head.num_classes='eighty': num_classes must be a number"),
     ({'train_dataloader.dataset.metainfo.classes': ('a', 'a')}, r'lists a more than once'),
-], ids=['splits-disagree', 'one-class-string', 'not-a-number', 'duplicate'])
+    ({'test_dataloader.dataset.metainfo.palette': [(255, 0, 0)]},
+     r'^test_dataloader.dataset.metainfo.palette has 1 colours for 3 classes: mmdet draws each class in its own '
+     r'colour; give one \(R, G, B\) per class'),
+    ({'val_dataloader.dataset.metainfo.palette': ((255, 0, 0), (0, 255, 0), (0, 0, 255))},
+     r'palette is a tuple of colours, which mmdet reads as one colour: write a list'),
+    ({'val_dataloader.dataset.metainfo.palette': [(255, 0, 0), (0, 255), (0, 0, 300)]},
+     r'palette must be a list of \(R, G, B\) colours of integers 0-255'),
+], ids=['splits-disagree', 'one-class-string', 'not-a-number', 'duplicate', 'short-palette', 'tuple-palette',
+        'bad-colours'])
 def test_class_list_mistakes_are_named(change, message):
     with pytest.raises(NumClassesError, match=message):
         load_tool_config(TINY_DETR, change, 'none')
+
+
+@pytest.mark.parametrize('palette', ['random', 'coco', (255, 0, 0), [(1, 2, 3), (4, 5, 6), (7, 8, 9), (0, 0, 0)]])
+def test_palettes_mmdet_reads_are_accepted(palette):
+    load_tool_config(TINY_DETR, {'+test_dataloader.dataset.metainfo.palette': palette}, 'none')  # '+': another type
 
 
 def test_a_config_without_dataset_cannot_take_the_classes_from_one():

@@ -48,6 +48,10 @@ SPLITS = ('train', 'val', 'test')
 CLASS_FREE_PARTS = ('backbone', 'neck', 'data_preprocessor')
 
 
+#: Largest value of a colour channel in a palette.
+MAX_COLOUR_VALUE = 255
+
+
 class NumClassesError(DataCheckError):
     """A head's ``num_classes`` disagrees with the dataset's classes, or the classes cannot be told."""
 
@@ -106,7 +110,32 @@ def _leaf_classes(dataset_cfg: dict, key: str) -> Optional[DatasetClasses]:
     if len(set(classes)) != len(classes):
         doubles = sorted({name for name in classes if list(classes).count(name) > 1})
         raise NumClassesError(f'{source} lists {", ".join(doubles)} more than once')
+    _check_palette(metainfo.get('palette') if isinstance(metainfo, dict) else None, len(classes), key)
     return DatasetClasses(tuple(classes), source)
+
+
+def _is_colour(value: Any) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_COLOUR_VALUE for v in value))
+
+
+def _check_palette(palette: Any, num_classes: int, key: str) -> None:
+    """A dataset's ``metainfo.palette`` as mmdet's ``get_palette`` reads it: a name (``'random'``, ``'coco'``, a
+    colour name), one (R, G, B) colour for every class, or a list of at least one colour per class. mmdet's visualizer
+    asserts the count only when it draws the first image (``tools/test.py --show-dir``, the demo), after the model was
+    loaded, and reads a tuple of colours as one colour."""
+    if palette is None or isinstance(palette, str) or _is_colour(palette):
+        return
+    if isinstance(palette, tuple) and palette and all(_is_colour(colour) for colour in palette):
+        raise NumClassesError(f'{key}.metainfo.palette is a tuple of colours, which mmdet reads as one colour: write '
+                              f'a list, palette=[{", ".join(map(str, palette[:2]))}, ...]')
+    if not isinstance(palette, list) or not all(_is_colour(colour) for colour in palette):
+        raise NumClassesError(f'{key}.metainfo.palette must be a list of (R, G, B) colours of integers 0-'
+                              f'{MAX_COLOUR_VALUE}, got {palette!r}'[:400])
+    if len(palette) < num_classes:
+        raise NumClassesError(f'{key}.metainfo.palette has {len(palette)} colours for {num_classes} classes: mmdet '
+                              f'draws each class in its own colour; give one (R, G, B) per class, or remove palette '
+                              f'(the visualizer then picks colours)')
 
 
 def dataset_classes(cfg: Config) -> Optional[DatasetClasses]:
