@@ -42,7 +42,7 @@ USER_ERRORS = (('brs_detr.apis.cli', 'ToolInputError'), ('brs_detr.engine.dist',
                ('brs_detr.fileio.checkpoint', 'UntrustedCheckpointError'),
                ('brs_detr.fileio.checkpoint', 'CheckpointReadError'),
                ('brs_detr.engine.runner.runner', 'CheckpointFitError'),
-               ('brs_detr.engine.runner.model_build', 'ModelBuildError'),
+               ('brs_detr.engine.runner.model_build', 'ComponentBuildError'),
                ('brs_detr.datasets.coco_check', 'DataCheckError'),
                ('brs_detr.datasets.transforms.loading', 'ImageLoadError'),
                ('brs_detr.analysis.detections', 'AnalysisError'),
@@ -55,7 +55,9 @@ USER_ERRORS = (('brs_detr.apis.cli', 'ToolInputError'), ('brs_detr.engine.dist',
                ('brs_detr.analysis.logs', 'LogError'))
 #: Errors that stop a run whose input was fine: reported with their message (no traceback) and exit status 1.
 RUN_ERRORS = (('brs_detr.engine.hooks.non_finite_loss_hook', 'NonFiniteError'), ('torch', 'OutOfMemoryError'),
-              ('builtins', 'MemoryError'))
+              ('builtins', 'MemoryError'),
+              # a transform failed on a sample: a wrong argument (named) or a transform's bug (--debug)
+              ('brs_detr.datasets.checked_datasets', 'PipelineError'))
 #: What a tool adds to its one-line report of an interruption or a full disk (set by the tool once it knows, e.g.
 #: the work_dir whose checkpoints are kept).
 EXIT_NOTES = {}

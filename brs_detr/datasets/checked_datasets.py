@@ -6,7 +6,8 @@ The tools replace ``CocoDataset`` and ``CityscapesDataset`` in the configs by th
 from __future__ import annotations
 
 import logging
-from typing import List, Union
+import traceback
+from typing import Any, List, Optional, Union
 
 from mmengine.logging import print_log
 
@@ -14,6 +15,10 @@ from mmdet.datasets import CityscapesDataset, CocoDataset
 from mmdet.registry import DATASETS
 
 from .annotation_validity import annotation_problem, repeat_key
+
+
+class PipelineError(RuntimeError):
+    """A transform of a dataset's pipeline failed on a sample: the message names the transform and the image."""
 
 
 class ValidAnnotationsMixin:
@@ -28,15 +33,55 @@ class ValidAnnotationsMixin:
     here they are dropped, so that nothing malformed reaches the model even with ``--skip-data-check``. Everything
     else is the parent's.
 
+    A transform that fails on a sample (``Resize(scale=[0, 0])``: a ``TypeError`` from deep in mmcv) raises
+    :class:`PipelineError` naming the transform's config key and the image, instead of the transform's exception
+    through the DataLoader's frames.
+
     Args:
         with_mask: The pipeline loads masks (``LoadAnnotations(with_mask=True)``): segmentations are checked too.
+        config_key: The dataset's config key (``train_dataloader.dataset``), for messages.
         Other arguments: the parent dataset's.
     """
 
-    def __init__(self, *args, with_mask: bool = False, **kwargs) -> None:
+    def __init__(self, *args, with_mask: bool = False, config_key: Optional[str] = None, **kwargs) -> None:
         self.with_mask = with_mask
+        self.config_key = config_key
         self.num_dropped_annotations = 0
         super().__init__(*args, **kwargs)
+
+    def prepare_data(self, idx: int) -> Any:
+        """The parent's, except that a transform of the pipeline that fails on a sample raises
+        :class:`PipelineError` naming the transform (its place in the pipeline config) and the image."""
+        try:
+            return super().prepare_data(idx)
+        except Exception as error:  # noqa: B902  (re-raised, named; brs-detr's own errors name their cause already)
+            if type(error).__module__.split('.')[0] == 'brs_detr':
+                raise
+            described = self._describe_pipeline_failure(idx, error)
+            if described is None:
+                raise
+            raise PipelineError(described) from error
+
+    def _describe_pipeline_failure(self, idx: int, error: BaseException) -> Optional[str]:
+        """``transform N (Name) of <key>.pipeline failed on <image>: <error>``, or ``None`` when no transform of
+        the pipeline raised ``error``."""
+        transforms = list(getattr(self.pipeline, 'transforms', []))
+        index = None
+        tb = error.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get('self')
+            for position, transform in enumerate(transforms):
+                if owner is transform:
+                    index = position
+            tb = tb.tb_next
+        if index is None:
+            return None
+        pipeline = (f'{self.config_key}.pipeline' if self.config_key else
+                    f'the pipeline of the dataset of {self.ann_file}')
+        image = self.get_data_info(idx).get('img_path', f'sample {idx}')
+        message = traceback.format_exception_only(type(error), error)[-1].strip()
+        return (f'{pipeline}.{index} ({type(transforms[index]).__name__}) failed on {image}: {message} (check the '
+                f'arguments of that transform; --debug shows the traceback)')
 
     def parse_data_info(self, raw_data_info: dict) -> Union[dict, List[dict]]:
         image = raw_data_info['raw_img_info']

@@ -15,7 +15,7 @@ from mmdet.datasets import CocoDataset
 from .checked_datasets import CHECKED_DATASETS, ValidAnnotationsMixin
 from .coco_check import (CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, format_listed,
                          format_class_counts, ground_truth_by_image, load_annotation_json)
-from .num_classes import dataset_class
+from .num_classes import dataset_class, dataset_leaves
 
 #: Config key of the :class:`~brs_detr.datasets.coco_check.DataCheckPolicy` fields.
 DATA_CHECK_KEY = 'data_check'
@@ -205,16 +205,17 @@ def _difference(evaluated: Optional[tuple], expected: tuple) -> str:
 def use_checked_loading(cfg: Config, splits: Sequence[str]) -> None:
     """Load the data of these splits as the tools do: :func:`name_images_in_load_errors`, and the datasets of
     :data:`~brs_detr.datasets.checked_datasets.CHECKED_DATASETS` replaced by their subclasses without malformed
-    annotations (told whether their pipeline loads masks)."""
+    annotations (told whether their pipeline loads masks, and their config key for messages)."""
     name_images_in_load_errors(cfg, splits)
     for split in splits:
         loader = cfg.get(f'{split}_dataloader')
         if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
             continue
-        for dataset_cfg in _walk(loader['dataset']):
+        for key, dataset_cfg in dataset_leaves(loader['dataset'], f'{split}_dataloader.dataset'):
             if dataset_cfg.get('type') in CHECKED_DATASETS:
                 dataset_cfg['type'] = CHECKED_DATASETS[dataset_cfg['type']]
                 dataset_cfg['with_mask'] = loads_masks(dataset_cfg)
+                dataset_cfg['config_key'] = key
 
 
 def name_images_in_load_errors(cfg: Config, splits: Sequence[str]) -> None:

@@ -5,11 +5,13 @@ import logging
 import os
 import os.path as osp
 import re
-from typing import Callable, List, Optional, Union
+from typing import Any, Callable, List, Optional, Union
 
 from mmengine.logging import print_log
 from mmengine.model import BaseTTAModel, is_model_wrapper
+from mmengine.evaluator import Evaluator
 from mmengine.runner import Runner
+from torch.utils.data import DataLoader
 from mmengine.runner.checkpoint import _load_checkpoint, _load_checkpoint_to_model
 
 from mmdet.registry import RUNNERS
@@ -100,7 +102,8 @@ class ReliableRunner(Runner):
       is missing, empty or names a file that is gone or truncated, the newest complete checkpoint is used instead
       of failing (mmengine then tries to load an empty path); its name resolves inside the work_dir, so a copied
       or moved work_dir resumes from its own files (mmengine: from the absolute path of the original).
-    * A model component that refuses its arguments (``model.backbone.depth=19``) raises :class:`ModelBuildError`
+    * A model, dataloader or evaluator component that refuses its arguments (``model.backbone.depth=19``,
+      ``RandomFlip(prob=1.5)``) raises :class:`ComponentBuildError`
       naming its config keys (mmengine: the component's own exception, through the registry's frames).
     * A test run (:attr:`dump_config_in_log_dir`) dumps its config into its timestamped log folder, not over the
       config dump of the training run whose work_dir it shares (mmdet's default work_dir is the same for both).
@@ -138,6 +141,29 @@ class ReliableRunner(Runner):
         :class:`~brs_detr.engine.runner.model_build.ModelBuildError` naming its config keys."""
         with named_build_errors(model):
             return super().build_model(model)
+
+    def build_dataloader(self, dataloader: Union[DataLoader, dict], seed: Optional[int] = None,
+                         diff_rank_seed: bool = False) -> DataLoader:
+        """mmengine's (a static method there; the loops call it on the Runner), except that a dataset, transform or
+        sampler refusing its arguments raises :class:`~brs_detr.engine.runner.model_build.ComponentBuildError`
+        naming its config keys (``train_dataloader.dataset.pipeline.3 (RandomFlip)``)."""
+        with named_build_errors(dataloader, self._config_key(dataloader, 'dataloader')):
+            return Runner.build_dataloader(dataloader, seed=seed, diff_rank_seed=diff_rank_seed)
+
+    def build_evaluator(self, evaluator: Union[dict, list, Evaluator]) -> Evaluator:
+        """mmengine's, except that a metric refusing its arguments raises
+        :class:`~brs_detr.engine.runner.model_build.ComponentBuildError` naming its config keys."""
+        key = self._config_key(evaluator, 'evaluator')
+        with named_build_errors(evaluator if isinstance(evaluator, dict) else dict(metrics=evaluator), key):
+            return super().build_evaluator(evaluator)
+
+    def _config_key(self, built: Any, kind: str) -> str:
+        """The config key (``val_dataloader``, ``test_evaluator``) whose value ``built`` is, else ``kind``."""
+        for split in ('train', 'val', 'test'):
+            if self.cfg.get(f'{split}_{kind}') is built or (isinstance(built, (dict, list))
+                                                            and self.cfg.get(f'{split}_{kind}') == built):
+                return f'{split}_{kind}'
+        return kind
 
     def dump_config(self) -> None:
         """Write the config into the work_dir (or the log folder, see :attr:`dump_config_in_log_dir`) atomically
