@@ -150,10 +150,16 @@ def test_cfg_options_on_a_variable_that_was_copied_when_the_config_was_read(tmp_
     ('optim_wrapper.optimizer.lr=0', r'optim_wrapper.optimizer.lr=0: .*\(0 would train without changing a weight'),
     ('optim_wrapper.optimizer.weight_decay=-1', r'optim_wrapper.optimizer.weight_decay=-1: must be a finite number '
                                                 r'>= 0'),
+    ('model.test_cfg.score_thr=1.1', r'model.test_cfg.score_thr=1.1: detection scores and IoUs lie in \[0, 1\]; a '
+                                     r'threshold outside keeps no detection or suppresses none'),
+    ('model.test_cfg.nms.iou_threshold=1.5', r'model.test_cfg.nms.iou_threshold=1.5: detection scores and IoUs lie'),
+    ('model.test_cfg.max_per_img=0', r'model.test_cfg.max_per_img=0: the detections kept per image must be a '
+                                     r'positive integer \(0 keeps none'),
 ])
 def test_run_settings_no_run_can_use_are_refused_before_the_work(option, message, tmp_path, in_toy_root, no_runner,
                                                                  capsys):
-    """mmengine/torch fail on these only after the model is built (a raw ValueError), or train nothing and exit 0."""
+    """mmengine/torch fail on these only after the model is built (a raw ValueError), or train nothing and exit 0;
+    mmdet evaluates with post-processing thresholds that keep no detection (an empty result after the whole set)."""
     status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--cfg-options',
                                               option], capsys)
     assert status == 2 and re.search(f'^train.py: error: {message}', err, re.MULTILINE), err
@@ -163,6 +169,11 @@ def test_run_settings_no_run_can_use_are_refused_before_the_work(option, message
             check_run_settings(read_config(str(TOY_CONFIG), {'test_dataloader.batch_size': 0}), ['test'])
     if option.startswith('val_dataloader'):  # test.py reads only the test split
         check_run_settings(read_config(str(TOY_CONFIG), {'val_dataloader.num_workers': -1}), ['test'])
+    if option.startswith('model.test_cfg'):  # test.py too
+        key, value = option.split('=')
+        with pytest.raises(ToolInputError, match=message):
+            check_run_settings(read_config(str(TOY_CONFIG), {key: float(value) if '.' in value else int(value)}),
+                               ['test'])
 
 
 @pytest.mark.parametrize('launcher, message', [

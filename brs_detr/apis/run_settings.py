@@ -7,6 +7,8 @@ Checked after ``--cfg-options`` and before anything is built, each with a one-li
   (without ``PackDetInputs`` the data preprocessor fails on the first batch with ``KeyError: 'inputs'``);
 * the training length (``train_cfg.max_epochs`` / ``max_iters`` 0 trains nothing and exits 0; a negative one too)
   and the validation interval;
+* the thresholds of the model's post-processing (``model.test_cfg``: a score or IoU threshold outside [0, 1], a
+  ``max_per_img`` of 0: mmdet evaluates the whole set and reports an empty result, or a lower mAP);
 * the optimizer's learning rate (a negative or NaN lr is refused by torch only after the model was built; an lr of
   0 trains nothing and exits 0) and weight decay.
 
@@ -32,6 +34,10 @@ DATALOADER_OF_SPLIT = dict(train='train_dataloader', val='val_dataloader', test=
 #: What the name of a transform that packs samples for the model contains (mmdet's ``PackDetInputs``,
 #: ``PackTrackInputs``, ...).
 PACKING_TRANSFORM = 'Pack'
+#: ``model.test_cfg`` keys (at any depth) that are a score or IoU threshold: detection scores and IoUs lie in [0, 1].
+UNIT_THRESHOLD_KEYS = ('score_thr', 'iou_threshold', 'iou_thr')
+#: ``model.test_cfg`` keys (at any depth) that count the detections kept per image: 0 keeps none.
+DETECTION_COUNT_KEYS = ('max_per_img', )
 #: ``train_cfg`` keys that give the training length, by loop.
 LENGTH_KEYS = ('max_epochs', 'max_iters')
 
@@ -108,6 +114,35 @@ def _optimizer_problems(optim_wrapper: dict) -> List[str]:
     return problems
 
 
+def _settings(node: Any, path: str) -> List[tuple]:
+    """``(config key, name, value)`` of every entry in the nested dicts and lists of ``node``."""
+    found = []
+    if isinstance(node, dict):
+        for name, value in node.items():
+            found.append((f'{path}.{name}', name, value))
+            found += _settings(value, f'{path}.{name}')
+    elif isinstance(node, (list, tuple)):
+        for index, value in enumerate(node):
+            found += _settings(value, f'{path}.{index}')
+    return found
+
+
+def _test_cfg_problems(model_cfg: dict) -> List[str]:
+    """Thresholds of the model's post-processing that keep no detection, or every one: mmdet runs the whole
+    evaluation and reports an empty result (``score_thr=1.1``, ``max_per_img=0``) or a lower mAP (an NMS IoU
+    threshold above 1 suppresses nothing)."""
+    problems = []
+    for key, name, value in _settings(model_cfg.get('test_cfg'), 'model.test_cfg'):
+        if name in UNIT_THRESHOLD_KEYS and not (isinstance(value, Real) and not isinstance(value, bool)
+                                                and 0 <= value <= 1):
+            problems.append(f'{key}={value!r}: detection scores and IoUs lie in [0, 1]; a threshold outside keeps no '
+                            f'detection or suppresses none')
+        if name in DETECTION_COUNT_KEYS and (not _is_int(value) or value == 0 or value < -1):
+            problems.append(f'{key}={value!r}: the detections kept per image must be a positive integer (0 keeps '
+                            f'none: the evaluation would find no result)')
+    return problems
+
+
 def check_run_settings(cfg: Config, splits: Sequence[str]) -> None:
     """Refuse batch sizes, worker counts, training lengths and learning rates no run can use.
 
@@ -119,7 +154,8 @@ def check_run_settings(cfg: Config, splits: Sequence[str]) -> None:
     Raises:
         ToolInputError: One line per bad setting, each naming its config key and value.
     """
-    problems = _dataloader_problems(cfg, splits) + _pipeline_problems(cfg, splits)
+    problems = (_dataloader_problems(cfg, splits) + _pipeline_problems(cfg, splits)
+                + _test_cfg_problems(cfg.get('model') or {}))
     if 'train' in splits:
         problems += _schedule_problems(cfg.get('train_cfg') or {})
         problems += _optimizer_problems(cfg.get('optim_wrapper') or {})
