@@ -76,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
                      f'under {osp.join(args.out_dir, "vis")} without it')
     save_vis, save_pred = not args.no_save_vis, not args.no_save_pred
     from brs_detr.apis.config_loading import read_config
-    from brs_detr.fileio.output_paths import check_output_dir
+    from brs_detr.fileio.output_paths import check_not_an_input_folder, check_output_dir
 
     cfg = read_config(args.config, args.cfg_options)  # before the heavy imports: a bad config fails at once
     if save_vis or save_pred:
@@ -86,6 +86,10 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     from brs_detr.apis.image_inputs import collect_images
 
     images = collect_images(args.inputs)  # before the model is built: a typo fails in seconds
+    if save_vis:  # the drawings (OUT_DIR/vis/<name>.<ext>) must not replace the input images
+        for folder in sorted({osp.dirname(image) or '.' for image in images}):
+            check_not_an_input_folder(osp.join(args.out_dir, 'vis'), '--out-dir (its vis folder)',
+                                      {'the input images': folder}, inside=False)
     if args.onnx is not None:
         from brs_detr.deployment.onnx_inferencer import ONNXDetInferencer
         device = None if args.device == 'auto' else args.device

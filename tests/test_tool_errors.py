@@ -256,6 +256,39 @@ def test_a_transform_that_fails_on_a_sample_is_named(tmp_path, in_toy_root, caps
         r"transform; --debug shows the traceback\) \(in DataLoader worker process 0\)", err.splitlines()[-1]), err
 
 
+def test_drawings_are_not_written_among_the_images(tmp_path, toy_coco_root, monkeypatch, capsys):
+    """browse_dataset.py --output-dir data/toy_coco/train replaced the training images by their drawings (same
+    names); test.py --show-dir and the demo's OUT_DIR/vis could do the same to the val images and the inputs."""
+    import torch
+    monkeypatch.chdir(tmp_path)
+    data = Path(shutil.copytree(toy_coco_root, tmp_path / 'data' / 'toy_coco'))
+    before = {path: path.read_bytes() for path in data.rglob('*.png')}
+    browse = load_tool_module('analysis_tools/browse_dataset')
+    for folder, where, effect in (('data/toy_coco/train', 'is', 'would replace the images of the same name'),
+                                  ('data/toy_coco/train/drawn', 'is inside', 'would be written into the data set')):
+        status, err = tool_exit(browse.main, [str(TOY_CONFIG), '--output-dir', folder, '--not-show',
+                                              '--skip-data-check'], capsys, 'browse_dataset.py')
+        assert status == 2 and err.splitlines()[-1] == (
+            f'browse_dataset.py: error: --output-dir {folder} {where} the image folder of train_dataloader.dataset '
+            f'(data/toy_coco/train/): the drawings {effect}; choose a folder outside the images'), err
+    checkpoint = tmp_path / 'weights.pth'
+    torch.save(dict(state_dict={}), checkpoint)
+    status, err = tool_exit(test_tool.main, [str(TOY_CONFIG), str(checkpoint), '--show-dir', str(data / 'val')],
+                            capsys, 'test.py')
+    assert status == 2 and err.splitlines()[-1].startswith(f'test.py: error: --show-dir {data / "val"} is the image '
+                                                           'folder of val_dataloader.dataset'), err
+    photos = tmp_path / 'photos' / 'vis'  # the demo writes OUT_DIR/vis/<name>.png
+    photos.mkdir(parents=True)
+    shutil.copy(next((data / 'val').iterdir()), photos)
+    before.update({path: path.read_bytes() for path in photos.iterdir()})
+    status, err = tool_exit(load_demo().main, [str(photos), str(TOY_CONFIG), '--out-dir', str(tmp_path / 'photos')],
+                            capsys, 'image_demo.py')
+    assert status == 2 and err.splitlines()[-1] == (
+        f'image_demo.py: error: --out-dir (its vis folder) {photos} is the image folder of the input images ({photos}):'
+        f' the drawings would replace the images of the same name; choose a folder outside the images'), err
+    assert {path: path.read_bytes() for path in before} == before
+
+
 def test_a_load_from_url_that_cannot_be_reached_is_one_line(tmp_path, in_toy_root, capsys, free_port):
     """No network (nothing listens on the port): the download error is the line, exit status 2 (was a traceback)."""
     url = f'http://127.0.0.1:{free_port()}/weights.pth'

@@ -27,7 +27,7 @@ from typing import Optional, Sequence
 from mmengine.config import Config, ConfigDict
 
 from brs_detr.engine.dist import check_launch_environment
-from brs_detr.fileio.output_paths import check_output_dir, check_output_file
+from brs_detr.fileio.output_paths import check_not_an_input_folder, check_output_dir, check_output_file
 from .cli import ToolInputError, check_checkpoint_file, check_config_file, has_display, is_main_launch_process
 from .config_loading import read_config, set_work_dir
 from .run_settings import check_run_settings
@@ -190,8 +190,9 @@ def warn(message: str) -> None:
     warn_once(message)
 
 
-def check_outputs(args: argparse.Namespace, work_dir: str) -> None:
-    """``--out``, ``--show-dir`` (relative to ``<work_dir>/<timestamp>/``) and the work_dir can be written (rank 0).
+def check_outputs(args: argparse.Namespace, work_dir: str, cfg: Optional[Config] = None) -> None:
+    """``--out``, ``--show-dir`` (relative to ``<work_dir>/<timestamp>/``) and the work_dir can be written (rank 0);
+    ``--show-dir`` is not a folder of the config's images (the drawings would replace them).
 
     Raises:
         OutputPathError: Naming the option, the path and the reason.
@@ -202,8 +203,11 @@ def check_outputs(args: argparse.Namespace, work_dir: str) -> None:
     if args.out is not None:
         check_output_file(args.out, '--out')
     if args.show_dir:
-        check_output_dir(args.show_dir if osp.isabs(args.show_dir) else osp.join(work_dir, args.show_dir),
-                         '--show-dir')
+        show_dir = args.show_dir if osp.isabs(args.show_dir) else osp.join(work_dir, args.show_dir)
+        check_output_dir(show_dir, '--show-dir')
+        if cfg is not None:
+            from brs_detr.datasets.data_check import image_folders
+            check_not_an_input_folder(show_dir, '--show-dir', image_folders(cfg, ('train', 'val', 'test')))
 
 
 def test(args: argparse.Namespace) -> None:
@@ -218,7 +222,7 @@ def test(args: argparse.Namespace) -> None:
     check_run_settings(cfg, TEST_SPLITS)
     check_launch_environment(cfg.launcher)
     set_work_dir(cfg, args.work_dir, args.config)
-    check_outputs(args, cfg.work_dir)
+    check_outputs(args, cfg.work_dir, cfg)
     cfg.load_from = args.checkpoint
     _test(cfg, args)
 

@@ -67,6 +67,21 @@ def resolved_paths(dataset_cfg: dict) -> Tuple[str, str]:
     return _join(root, dataset_cfg.get('ann_file', '')), _join(root, prefix)
 
 
+def image_folders(cfg: Config, splits: Sequence[str]) -> Dict[str, str]:
+    """The image folder of every dataset of these splits that names one: config key -> folder (``data_root``
+    joined with ``data_prefix['img']``)."""
+    folders = {}
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
+            continue
+        for key, dataset_cfg in dataset_leaves(loader['dataset'], f'{split}_dataloader.dataset'):
+            folder = resolved_paths(dataset_cfg)[1]
+            if folder:
+                folders[key] = folder
+    return folders
+
+
 def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
     """Check the COCO-format datasets (and evaluator annotation files) of ``<split>_dataloader`` for each split.
 
@@ -236,5 +251,5 @@ def name_images_in_load_errors(cfg: Config, splits: Sequence[str]) -> None:
                     transform['check_size'] = check_size
 
 
-__all__ = ['DataCheckError', 'DataCheckPolicy', 'check_datasets', 'name_images_in_load_errors', 'resolved_paths',
-           'use_checked_loading']
+__all__ = ['DataCheckError', 'DataCheckPolicy', 'check_datasets', 'image_folders', 'name_images_in_load_errors',
+           'resolved_paths', 'use_checked_loading']

@@ -9,7 +9,7 @@ import errno
 import os
 import os.path as osp
 import tempfile
-from typing import Optional
+from typing import Dict, Optional
 
 #: Prefix of the probe file created (and removed at once) to test that a directory can be written.
 PROBE_PREFIX = '.brs_detr-write-test-'
@@ -94,3 +94,27 @@ def check_output_file(path: str, option: str) -> str:
         raise OutputPathError(f'{option} {path} is a directory; give a file name')
     check_output_dir(osp.dirname(full), f'{option} {path}: its folder')
     return full
+
+
+def check_not_an_input_folder(path: str, option: str, input_folders: Dict[str, str], inside: bool = True) -> None:
+    """Refuse an output folder of drawings that is a folder of input images (or, with ``inside``, lies in one): the
+    drawings would replace the images of the same name (``browse_dataset.py --output-dir data/coco/train2017``
+    overwrote the training images) and mix with the data set.
+
+    Args:
+        path: The output folder as given.
+        option: How the user gave it (``--output-dir``), for the message.
+        input_folders: What reads each folder (``train_dataloader.dataset``, ``the input images``) -> the folder.
+        inside: Also refuse a folder inside an input folder.
+
+    Raises:
+        OutputPathError: Naming the option, the folder and what reads it.
+    """
+    full = osp.realpath(osp.expanduser(path))
+    for reader, folder in input_folders.items():
+        inputs = osp.realpath(osp.expanduser(folder))
+        if full == inputs or (inside and full.startswith(inputs.rstrip(os.sep) + os.sep)):
+            where, effect = (('is', 'would replace the images of the same name') if full == inputs else
+                             ('is inside', 'would be written into the data set'))
+            raise OutputPathError(f'{option} {path} {where} the image folder of {reader} ({folder}): the drawings '
+                                  f'{effect}; choose a folder outside the images')
