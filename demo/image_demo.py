@@ -81,6 +81,9 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
     cfg = read_config(args.config, args.cfg_options)  # before the heavy imports: a bad config fails at once
     if save_vis or save_pred:
         check_output_dir(args.out_dir, '--out-dir')
+    if (save_vis or args.show) and args.palette == 'none':  # the config's palette draws the classes
+        from brs_detr.datasets.num_classes import check_palettes
+        check_palettes(cfg, ('test', ))
 
     from brs_detr.apis.det_inferencer import BRSDetInferencer
     from brs_detr.apis.image_inputs import collect_images

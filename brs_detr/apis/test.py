@@ -223,6 +223,9 @@ def test(args: argparse.Namespace) -> None:
     check_launch_environment(cfg.launcher)
     set_work_dir(cfg, args.work_dir, args.config)
     check_outputs(args, cfg.work_dir, cfg)
+    if args.show or args.show_dir:
+        from brs_detr.datasets.num_classes import check_palettes
+        check_palettes(cfg, TEST_SPLITS)
     cfg.load_from = args.checkpoint
     _test(cfg, args)
 

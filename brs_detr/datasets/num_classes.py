@@ -110,8 +110,25 @@ def _leaf_classes(dataset_cfg: dict, key: str) -> Optional[DatasetClasses]:
     if len(set(classes)) != len(classes):
         doubles = sorted({name for name in classes if list(classes).count(name) > 1})
         raise NumClassesError(f'{source} lists {", ".join(doubles)} more than once')
-    _check_palette(metainfo.get('palette') if isinstance(metainfo, dict) else None, len(classes), key)
     return DatasetClasses(tuple(classes), source)
+
+
+def check_palettes(cfg: Config, splits: Sequence[str]) -> None:
+    """The ``metainfo.palette`` of the datasets of these splits must draw their classes (the tools that draw call
+    this before the model is built: ``test.py --show/--show-dir``, the demo, ``browse_dataset.py``).
+
+    Raises:
+        NumClassesError: Naming the palette's config key, its colours and the class count.
+    """
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
+            continue
+        for key, leaf in dataset_leaves(loader['dataset'], f'{split}_dataloader.dataset'):
+            metainfo = leaf.get('metainfo')
+            found = _leaf_classes(leaf, key)
+            if isinstance(metainfo, dict) and found is not None:
+                _check_palette(metainfo.get('palette'), len(found.classes), key)
 
 
 def _is_colour(value: Any) -> bool:

@@ -53,10 +53,12 @@ def main(argv: Optional[Sequence[str]] = None) -> None:
 
     from brs_detr.apis.dataset_browser import browse_dataset
     from brs_detr.datasets.data_check import image_folders
+    from brs_detr.datasets.num_classes import check_palettes
     from brs_detr.fileio.output_paths import check_not_an_input_folder
 
     if args.output_dir is not None:  # drawings written among the images would replace them
         check_not_an_input_folder(args.output_dir, '--output-dir', image_folders(cfg, ('train', 'val', 'test')))
+    check_palettes(cfg, ('train', ))
 
     if show and not has_display():
         print_log('no display (DISPLAY/WAYLAND_DISPLAY is not set): saving the images only (--not-show)',
