@@ -195,7 +195,8 @@ def test_launcher_without_its_environment(launcher, message, tmp_path, in_toy_ro
 
 def test_a_pipeline_that_does_not_pack_the_samples_is_refused():
     """Without PackDetInputs mmdet's data preprocessor fails on the first batch (``KeyError: 'inputs'``); a wrapper
-    that packs for its dataset (MultiImageMixDataset) counts (every shipped config passes: tests/test_all_configs.py)."""
+    that packs for its dataset (MultiImageMixDataset) counts (every shipped config passes:
+    tests/test_all_configs.py)."""
     cfg = read_config(str(TOY_CONFIG))
     cfg.train_dataloader.dataset.pipeline = [dict(type='LoadImageFromFile'), dict(type='LoadAnnotations')]
     with pytest.raises(ToolInputError, match=r'train_dataloader.dataset.pipeline \(LoadImageFromFile, '
@@ -247,9 +248,10 @@ def test_a_dataloader_or_evaluator_component_that_refuses_its_arguments_is_named
 def test_a_transform_that_fails_on_a_sample_is_named(tmp_path, in_toy_root, capsys):
     """Resize(scale=[0, 0]) accepts its arguments and fails on the first sample, deep in mmcv, inside the DataLoader
     (a worker's traceback): the line names the transform's config key and the image, exit status 1."""
+    options = ['train_cfg.max_epochs=1', 'train_dataloader.num_workers=1',
+               'train_dataloader.dataset.pipeline.2.scale=[0,0]']
     status, err = tool_exit(train_tool.main, [str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--skip-data-check',
-                                              '--cfg-options', 'train_cfg.max_epochs=1', 'train_dataloader.num_workers=1',
-                                              'train_dataloader.dataset.pipeline.2.scale=[0,0]'], capsys)
+                                              '--cfg-options', *options], capsys)
     assert status == 1 and re.fullmatch(
         r"train.py: error: train_dataloader.dataset.pipeline.2 \(Resize\) failed on data/toy_coco/train/\d+.png: "
         r"TypeError: Scale must be a number or tuple of int, but got <class 'list'> \(check the arguments of that "
