@@ -168,3 +168,20 @@ def tool_env(python_exe) -> Dict[str, str]:
     env.pop('WAYLAND_DISPLAY', None)
     env.setdefault('OMP_NUM_THREADS', '1')
     return env
+
+
+#: Set to 1 to run the tests marked ``long`` too (left out of the default suite, which must stay under 12 minutes).
+LONG_TESTS_ENV = 'BRS_DETR_LONG_TESTS'
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    """Skip the ``long`` tests unless ``BRS_DETR_LONG_TESTS=1``: each repeats, at a larger size, what a test of the
+    default suite covers (the Swin-L builds of the Swin-T ones, the Co-DETR R50 export of the BRS-DETR one, RS-DETR's
+    convergence of BRS-DETR's)."""
+    if os.environ.get(LONG_TESTS_ENV) == '1':
+        return
+    skip = pytest.mark.skip(reason=f'long: {LONG_TESTS_ENV}=1 runs it')
+    for item in items:
+        if 'long' in item.keywords:
+            item.add_marker(skip)
+

@@ -316,7 +316,8 @@ def test_discovery_skips_only_base_fragments(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('path', ALL_CONFIGS, ids=config_id)
+@pytest.mark.parametrize('path', [pytest.param(path, marks=pytest.mark.long) if 'swin-l' in path.name else path
+                                  for path in ALL_CONFIGS], ids=config_id)
 def test_config_builds_steps_and_runs_its_pipelines(path, pipeline_folder):
     try:
         found = check_config(path, pipeline_folder)

@@ -91,7 +91,8 @@ def untrained_map(workspace, tool_env, python_exe) -> float:
     return final_map(output)
 
 
-@pytest.mark.parametrize('config', [BRS_CONFIG, RS_CONFIG], ids=['brs-detr', 'rs-detr'])
+@pytest.mark.parametrize('config', [BRS_CONFIG, pytest.param(RS_CONFIG, marks=pytest.mark.long)],
+                         ids=['brs-detr', 'rs-detr'])
 def test_tiny_model_learns_the_toy_set(config, workspace, untrained_map, tool_env, python_exe):
     work_dir = workspace / config.stem
     output = run_tool([
