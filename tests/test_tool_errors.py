@@ -346,6 +346,19 @@ def test_a_total_batch_other_than_the_learning_rates_is_named():
     assert batch_size_mismatch(enabled, 1) is None
 
 
+
+def test_train_py_logs_the_batch_mismatch_before_the_run(tmp_path, in_toy_root, capsys):
+    """The warning reaches the user: train.py logs it before the Runner starts (stopped here by a metric that
+    refuses its arguments, right after the model is built)."""
+    MMLogger.get_instance(f'batch_warning_{uuid.uuid4().hex}')
+    with pytest.raises(Exception):  # noqa: B017  (the metric's refusal; the log is what is checked)
+        train_tool.main([str(TOY_CONFIG), '--work-dir', str(tmp_path / 'wd'), '--skip-data-check', '--cfg-options',
+                         'val_evaluator.metric=bboxx'])
+    captured = capsys.readouterr()
+    assert ('this run updates with a batch of 2 images (1 process x 2 images), but the config\'s learning rate is '
+            'for a batch of 4' in captured.out + captured.err)
+
+
 def test_mask_metric_for_a_model_without_masks_is_refused_before_inference(in_toy_root):
     """mmdet's CocoMetric fails with ``KeyError: 'segm is not in results'`` only after the whole inference."""
     from types import SimpleNamespace
