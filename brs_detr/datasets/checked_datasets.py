@@ -88,8 +88,11 @@ class ValidAnnotationsMixin:
         annotations = raw_data_info['raw_ann_info']
         kept, seen = [], set()
         for ann in annotations:
-            if annotation_problem(ann, image, self.with_mask) is None and repeat_key(ann) not in seen:
-                seen.add(repeat_key(ann))
+            if annotation_problem(ann, image, self.with_mask) is not None:
+                continue
+            key = repeat_key(ann)
+            if key not in seen:
+                seen.add(key)
                 kept.append(ann)
         self.num_dropped_annotations += len(annotations) - len(kept)
         return super().parse_data_info({**raw_data_info, 'raw_ann_info': kept})

@@ -15,7 +15,7 @@ from mmdet.datasets import CocoDataset
 from .checked_datasets import CHECKED_DATASETS, ValidAnnotationsMixin
 from .coco_check import (CocoCheckReport, DataCheckError, DataCheckPolicy, check_coco_file, format_listed,
                          format_class_counts, ground_truth_by_image, load_annotation_json)
-from .num_classes import dataset_class, dataset_leaves
+from .num_classes import dataset_class, split_datasets
 
 #: Config key of the :class:`~brs_detr.datasets.coco_check.DataCheckPolicy` fields.
 DATA_CHECK_KEY = 'data_check'
@@ -70,16 +70,8 @@ def resolved_paths(dataset_cfg: dict) -> Tuple[str, str]:
 def image_folders(cfg: Config, splits: Sequence[str]) -> Dict[str, str]:
     """The image folder of every dataset of these splits that names one: config key -> folder (``data_root``
     joined with ``data_prefix['img']``)."""
-    folders = {}
-    for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
-            continue
-        for key, dataset_cfg in dataset_leaves(loader['dataset'], f'{split}_dataloader.dataset'):
-            folder = resolved_paths(dataset_cfg)[1]
-            if folder:
-                folders[key] = folder
-    return folders
+    folders = {key: resolved_paths(dataset_cfg)[1] for key, dataset_cfg in split_datasets(cfg, splits)}
+    return {key: folder for key, folder in folders.items() if folder}
 
 
 def check_datasets(cfg: Config, splits: Sequence[str]) -> List[CocoCheckReport]:
@@ -222,15 +214,11 @@ def use_checked_loading(cfg: Config, splits: Sequence[str]) -> None:
     :data:`~brs_detr.datasets.checked_datasets.CHECKED_DATASETS` replaced by their subclasses without malformed
     annotations (told whether their pipeline loads masks, and their config key for messages)."""
     name_images_in_load_errors(cfg, splits)
-    for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
-            continue
-        for key, dataset_cfg in dataset_leaves(loader['dataset'], f'{split}_dataloader.dataset'):
-            if dataset_cfg.get('type') in CHECKED_DATASETS:
-                dataset_cfg['type'] = CHECKED_DATASETS[dataset_cfg['type']]
-                dataset_cfg['with_mask'] = loads_masks(dataset_cfg)
-                dataset_cfg['config_key'] = key
+    for key, dataset_cfg in split_datasets(cfg, splits):
+        if dataset_cfg.get('type') in CHECKED_DATASETS:
+            dataset_cfg['type'] = CHECKED_DATASETS[dataset_cfg['type']]
+            dataset_cfg['with_mask'] = loads_masks(dataset_cfg)
+            dataset_cfg['config_key'] = key
 
 
 def name_images_in_load_errors(cfg: Config, splits: Sequence[str]) -> None:

@@ -68,6 +68,15 @@ def dataset_leaves(dataset_cfg: dict, key: str) -> Iterator[Tuple[str, dict]]:
         yield key, dataset_cfg
 
 
+def split_datasets(cfg: Config, splits: Sequence[str]) -> Iterator[Tuple[str, dict]]:
+    """``(config key, dataset config)`` of every unwrapped dataset of the ``<split>_dataloader`` of these splits
+    (:func:`dataset_leaves`)."""
+    for split in splits:
+        loader = cfg.get(f'{split}_dataloader')
+        if isinstance(loader, dict) and isinstance(loader.get('dataset'), dict):
+            yield from dataset_leaves(loader['dataset'], f'{split}_dataloader.dataset')
+
+
 def dataset_class(dataset_cfg: dict):
     """The dataset class a dataset config builds (its ``type`` looked up in mmdet's registry), or ``None``."""
     from mmdet.registry import DATASETS
@@ -120,15 +129,11 @@ def check_palettes(cfg: Config, splits: Sequence[str]) -> None:
     Raises:
         NumClassesError: Naming the palette's config key, its colours and the class count.
     """
-    for split in splits:
-        loader = cfg.get(f'{split}_dataloader')
-        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
-            continue
-        for key, leaf in dataset_leaves(loader['dataset'], f'{split}_dataloader.dataset'):
-            metainfo = leaf.get('metainfo')
-            found = _leaf_classes(leaf, key)
-            if isinstance(metainfo, dict) and found is not None:
-                _check_palette(metainfo.get('palette'), len(found.classes), key)
+    for key, leaf in split_datasets(cfg, splits):
+        metainfo = leaf.get('metainfo')
+        found = _leaf_classes(leaf, key)
+        if isinstance(metainfo, dict) and found is not None:
+            _check_palette(metainfo.get('palette'), len(found.classes), key)
 
 
 def _is_colour(value: Any) -> bool:
@@ -162,14 +167,10 @@ def dataset_classes(cfg: Config) -> Optional[DatasetClasses]:
         NumClassesError: Two datasets list different classes, or ``classes`` is a string.
     """
     found: List[DatasetClasses] = []
-    for split in SPLITS:
-        loader = cfg.get(f'{split}_dataloader')
-        if not isinstance(loader, dict) or not isinstance(loader.get('dataset'), dict):
-            continue
-        for key, leaf in dataset_leaves(loader['dataset'], f'{split}_dataloader.dataset'):
-            classes = _leaf_classes(leaf, key)
-            if classes is not None:
-                found.append(classes)
+    for key, leaf in split_datasets(cfg, SPLITS):
+        classes = _leaf_classes(leaf, key)
+        if classes is not None:
+            found.append(classes)
     if not found:
         return None
     first = found[0]
